@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the suite CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test install readme-table bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m cnnzoo demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=15 -q
+
+readme-table: $(STAMP)
+	$(PY) -m cnnzoo models --markdown --update-readme README.md
+
+clean:
+	rm -rf $(VENV) runs

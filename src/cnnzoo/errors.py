@@ -1,0 +1,7 @@
+"""User-facing errors. The CLI prints their message on one line and exits with code 2, with no traceback."""
+
+__all__ = ["UserError"]
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for or supplied: a name, a file, a flag value."""

@@ -1,0 +1,137 @@
+"""Blocks shared by two or more families. A block used by one family stays in that family's module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "ConvBNAct",
+    "LocalResponseNorm",
+    "SqueezeExcite",
+    "DropPath",
+    "make_divisible",
+    "channel_shuffle",
+    "ChannelShuffle",
+]
+
+# Activations by name, so configuration tables can say "relu6" or "hswish" as the papers do.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,  # swish, EfficientNet
+    "hswish": nn.Hardswish,  # MobileNetV3
+    "hsigmoid": nn.Hardsigmoid,
+}
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to the nearest multiple of divisor, never more than 10% below value
+    (the rule of the MobileNet/EfficientNet reference code)."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d -> BatchNorm2d -> activation, laid out as torchvision's Conv2dNormActivation (children 0, 1, 2)
+    so that its state_dict keys match. ``act=None`` leaves the activation out (linear bottlenecks)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int = 1,
+        padding: int | tuple[int, int] | None = None,
+        groups: int = 1,
+        dilation: int = 1,
+        act: str | None = "relu",
+        norm: bool = True,
+        bias: bool | None = None,
+    ):
+        if padding is None:  # "same" padding for odd kernels
+            k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+            padding = ((k[0] - 1) // 2 * dilation, (k[1] - 1) // 2 * dilation)
+        bias = not norm if bias is None else bias
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)
+        ]
+        if norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if act is not None:
+            layers.append(ACTIVATIONS[act](inplace=True) if act not in ("sigmoid", "tanh") else ACTIVATIONS[act]())
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Local response normalisation across channels (Krizhevsky et al. 2012, section 3.3).
+
+    b = a / (k + alpha/n * sum of a^2 over n neighbouring channels)^beta. Note: PyTorch and Caffe divide alpha by n;
+    the AlexNet paper's formula does not, so the paper's alpha=1e-4 corresponds to alpha=5e-4 here with n=5.
+    We keep the Caffe convention, in which the published AlexNet/GoogLeNet/VGG models were trained.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        super().__init__(size, alpha, beta, k)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): global average pool, a 1x1 bottleneck, a gate, channel-wise scale.
+
+    1x1 convolutions in place of fully connected layers (equivalent on a 1x1 map), named fc1/fc2 as in
+    torchvision's SqueezeExcitation and timm's SE-ResNet so that their weights load."""
+
+    def __init__(self, channels: int, squeeze_channels: int, act: str = "relu", gate: str = "sigmoid"):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.act = ACTIVATIONS[act](inplace=True) if act != "sigmoid" else nn.Sigmoid()
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+        self.gate = ACTIVATIONS[gate]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean((2, 3), keepdim=True)  # N x C x 1 x 1
+        scale = self.gate(self.fc2(self.act(self.fc1(scale))))
+        return x * scale
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, drop the whole residual branch of a sample with
+    probability p and scale survivors by 1/(1-p); identity in eval mode. torchvision's StochasticDepth("row")."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: interleave the channels of `groups` groups."""
+    n, c, h, w = x.shape
+    x = x.view(n, groups, c // groups, h, w).transpose(1, 2)  # N x C/g x g x H x W
+    return x.reshape(n, c, h, w)
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
