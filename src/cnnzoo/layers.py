@@ -14,6 +14,9 @@ __all__ = [
     "make_divisible",
     "channel_shuffle",
     "ChannelShuffle",
+    "set_batchnorm",
+    "InvertedResidual",
+    "MBConv",
 ]
 
 # Activations by name, so configuration tables can say "relu6" or "hswish" as the papers do.
@@ -135,3 +138,67 @@ class ChannelShuffle(nn.Module):
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"
+
+
+def set_batchnorm(module: nn.Module, eps: float, momentum: float) -> None:
+    """Give every BatchNorm2d in module the given eps and momentum: MobileNetV3 and the TF-ported EfficientNets
+    use TensorFlow's BN settings (eps=1e-3, momentum 0.01 in PyTorch's convention), which change eval outputs."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = eps, momentum
+
+
+class InvertedResidual(nn.Module):
+    """Inverted residual with linear bottleneck (Sandler et al. 2018, "MobileNetV2", arXiv:1801.04381, Table 1),
+    also the MBConv of MobileNetV3 and EfficientNet: 1x1 expansion, kxk depthwise, optional squeeze-excitation,
+    1x1 linear projection (no activation), identity shortcut when stride is 1 and the channels are unchanged.
+
+    The expansion is left out when expanded_channels == in_channels (expand ratio 1). The layers sit in
+    ``self.block`` as in torchvision's MobileNetV3/EfficientNet, so their weights load; drop_path is the
+    stochastic depth probability of the residual branch (EfficientNet)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        expanded_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        act: str = "relu6",
+        se_channels: int = 0,
+        se_act: str = "relu",
+        se_gate: str = "sigmoid",
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        if expanded_channels != in_channels:
+            layers.append(ConvBNAct(in_channels, expanded_channels, 1, act=act))
+        layers.append(ConvBNAct(expanded_channels, expanded_channels, kernel_size, stride, groups=expanded_channels, act=act))
+        if se_channels:
+            layers.append(SqueezeExcite(expanded_channels, se_channels, act=se_act, gate=se_gate))
+        layers.append(ConvBNAct(expanded_channels, out_channels, 1, act=None))  # linear bottleneck
+        self.block = nn.Sequential(*layers)
+        self.drop_path = DropPath(drop_path)
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_res_connect:
+            out = self.drop_path(out) + x
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torchvision's MobileNetV2 names this Sequential `conv` and flattens the projection's conv and BN into it
+        # (conv.{p}, conv.{p+1}); rename those keys to our layout (block.{p}.0, block.{p}.1) so its weights load.
+        proj = len(self.block) - 1
+        for key in [k for k in state_dict if k.startswith(prefix + "conv.")]:
+            index, _, rest = key[len(prefix) + len("conv.") :].partition(".")
+            i = int(index)
+            new = f"block.{i}.{rest}" if i < proj else f"block.{proj}.{i - proj}.{rest}"
+            state_dict[prefix + new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+MBConv = InvertedResidual  # EfficientNet's name for the same block (Tan & Le 2019, section 4)
