@@ -1,0 +1,65 @@
+"""`cnnzoo models` and `cnnzoo summary`: the registry and the layer-by-layer analysis."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnzoo.errors import UserError
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """'3x224x224' -> (3, 224, 224). The channel count is always explicit."""
+    try:
+        size = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size must look like 3x224x224, not {text!r}") from None
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"input size must be CxHxW with positive sizes, not {text!r}")
+    return size
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cnnzoo.catalog import model_table, render_markdown, render_text, update_readme
+
+    rows = model_table(args.pattern)
+    if not rows:
+        raise UserError(f"no model matches {args.pattern!r}")
+    if args.update_readme:
+        changed = update_readme(args.update_readme, render_markdown(rows))
+        print(f"{args.update_readme}: {'updated' if changed else 'already up to date'} ({len(rows)} models)")
+    else:
+        print(render_markdown(rows) if args.markdown else render_text(rows))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import torch
+
+    from cnnzoo.registry import create_model, model_info
+    from cnnzoo.summary import summarize
+
+    info = model_info(args.model)
+    input_size = args.input_size or info.input_size
+    with torch.device("meta"):  # shapes only: no weights, no arithmetic
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0],
+                             small_input=args.small_input or None)
+    summary = summarize(model, input_size, args.model)
+    print({"table": summary.table, "json": summary.to_json, "csv": summary.to_csv}[args.format]())
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="list the registered networks", description="List the registered networks.")
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'resnet*'")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--update-readme", metavar="FILE", help="rewrite the model table between FILE's markers")
+    p.set_defaults(handler=cmd_models)
+
+    p = subparsers.add_parser("summary", help="layer-by-layer table of a network",
+                              description="Output shape, parameters, MACs, receptive field and jump of every layer.")
+    p.add_argument("model")
+    p.add_argument("--input-size", type=parse_input_size, metavar="CxHxW", help="default: the model's own")
+    p.add_argument("--num-classes", type=int, help="default: the model's own")
+    p.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem for 32x32 inputs")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(handler=cmd_summary)
