@@ -1,0 +1,267 @@
+"""The one image loader of cnnzoo: training (ImageFolder), evaluate, predict, explain and serve all read images here.
+
+Torch-free (PIL + numpy), so the ONNX Runtime / OpenVINO paths and the service never import torch.
+
+    open_image(source)  -> an "RGB" (channels=3) or "L" (channels=1) PIL image, decoded safely:
+        - only the formats of ALLOWED_FORMATS are parsed at all (Pillow's other plugins are never tried);
+        - the pixel count declared in the header is checked against max_pixels *before* decoding, so a
+          decompression bomb (a tiny PNG declaring 30000x30000) costs nothing;
+        - the EXIF orientation is applied (phone photos come out upright);
+        - every mode is converted faithfully: 1, L, P, RGB, CMYK, YCbCr, HSV, LAB; 16-bit "I;16" by its 16-bit
+          range, 32-bit "I" and float "F" by the range their values really span (Pillow's own convert clips them
+          at 255); transparency (LA, PA, RGBA, P or RGB/L with a transparent colour) is composited on WHITE,
+          the background a viewer shows and the one documents and web graphics are drawn for.
+    preprocess(image, input_size, mean, std, resize_size) -> float32 C x H x W, torchvision's eval preset
+        (Resize(resize_size) -> CenterCrop(H, W) -> ToTensor -> Normalize) written in numpy, value for value.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+from cnnzoo.errors import UserError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "BACKGROUND",
+    "ImageError",
+    "UnsupportedFormat",
+    "ImageTooLarge",
+    "open_image",
+    "to_mode",
+    "preprocess",
+]
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF"})
+# MPO is how Pillow names the multi-picture JPEGs many phones write; it is a JPEG and decodes as one.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+# File extensions of the allowed formats, for scanning folders (ImageFolder, `cnnzoo predict DIR`).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# 64 megapixels (8192 x 8192, 192 MB once decoded as RGB): above any camera's default output, far below what
+# would exhaust a worker's memory. Pillow's own limit (89 MP warning, 179 MP error) is looser.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+_MODES = {1: "L", 3: "RGB"}
+# What Pillow's plugins raise on malformed data (struct.error and IndexError from headers cut short, ...).
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error)
+
+
+class ImageError(UserError):
+    """A file or upload that cannot be used as an image: not an image, truncated, corrupt. Names the file."""
+
+
+class UnsupportedFormat(ImageError):
+    """An image in a format outside ALLOWED_FORMATS (the service answers 415)."""
+
+
+class ImageTooLarge(ImageError):
+    """An image whose declared pixel count exceeds the limit: a decompression bomb (the service answers 413)."""
+
+
+def _label(source: str | os.PathLike | bytes | BinaryIO, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return getattr(source, "name", None) or "<image bytes>"
+
+
+def _sniff(prefix: bytes) -> str | None:
+    """The format whose magic bytes start `prefix`, by Pillow's accept() functions only (no plugin parses it)."""
+    Image.init()
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return _FORMAT_ALIASES.get(fmt, fmt)
+        except _READ_ERRORS:  # some accept() functions index into the prefix: an empty file is not theirs
+            continue
+    return None
+
+
+def _open(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
+    """Parse the header of an allowed format and refuse a bomb, without decoding a pixel."""
+    try:
+        # Pillow warns (89 MP) then raises (179 MP) on its own bomb check inside open(); the warning becomes an
+        # error here. catch_warnings is process-global, but a race only ever loses that filter for an image above
+        # Pillow's 89 MP, which the max_pixels check below refuses anyway whenever max_pixels is the default.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp, formats=sorted(ALLOWED_FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageTooLarge(f"{label}: image too large ({err})") from None
+    except Image.UnidentifiedImageError:
+        fp.seek(0)
+        fmt = _sniff(fp.read(32))
+        if fmt is None:
+            raise ImageError(f"{label}: not an image (or not one Pillow can read)") from None
+        if fmt not in ALLOWED_FORMATS:
+            allowed = ", ".join(sorted(ALLOWED_FORMATS))
+            raise UnsupportedFormat(f"{label}: {fmt} images are not accepted (allowed: {allowed})") from None
+        raise ImageError(f"{label}: corrupt {fmt} header") from None
+    except _READ_ERRORS as err:
+        fp.seek(0)
+        raise ImageError(f"{label}: truncated or corrupt {_sniff(fp.read(32)) or 'image'} ({err})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        pixels = width * height
+        raise ImageTooLarge(f"{label}: {width}x{height} = {pixels:,} pixels exceeds the limit of {max_pixels:,}")
+    return image
+
+
+def _rescale(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit grey image mapped onto 0..255 without clipping (Pillow's convert("L") clips at 255)."""
+    data = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        # 16-bit samples have a known range: 0..65535 maps onto 0..255 exactly (65535 / 255 = 257).
+        scaled = data.astype(np.float64) / 257.0
+    else:
+        # "I" (int32) and "F" (float32) carry no nominal range: scale from min(0, lowest) to the highest value,
+        # so black stays black and relative intensities are kept; floats already in [0, 1] use [0, 1].
+        data = data.astype(np.float64)
+        finite = data[np.isfinite(data)]
+        low = min(0.0, float(finite.min())) if finite.size else 0.0
+        high = float(finite.max()) if finite.size else 0.0
+        if image.mode == "F" and low >= 0.0 and high <= 1.0:
+            high = 1.0
+        data = np.nan_to_num(data, nan=low, posinf=high, neginf=low)
+        span = high - low
+        scaled = np.zeros_like(data) if span <= 0 else (data - low) * (255.0 / span)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def _composite(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+
+
+def to_mode(image: Image.Image, channels: int = 3) -> Image.Image:
+    """Convert a PIL image of any mode to "RGB" (channels=3) or "L" (channels=1), as open_image does."""
+    if channels not in _MODES:
+        raise UserError(f"images have 1 or 3 channels, not {channels}")
+    target, mode = _MODES[channels], image.mode
+    if mode == target:
+        return image
+    if mode.startswith("I") or mode == "F":
+        image = _rescale(image)
+    elif mode == "LAB":
+        # Pillow's plain convert() would read L*a*b* as if it were RGB; go through a colour transform instead.
+        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+        image = ImageCms.applyTransform(image, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
+    elif mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in image.info:
+        image = _composite(image)
+    return image.convert(target)
+
+
+def open_image(
+    source: str | os.PathLike | bytes | BinaryIO,
+    channels: int = 3,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    name: str | None = None,
+) -> Image.Image:
+    """Open an image file, bytes or binary file object safely, and return it upright as "RGB" or "L".
+
+    Args:
+        source: a path, the file's bytes, or a binary file object (an upload).
+        channels: 3 for "RGB", 1 for "L".
+        max_pixels: refuse images whose header declares more pixels than this, before decoding them.
+        name: how error messages name the image (default: the path, or the file object's name).
+
+    Raises:
+        UnsupportedFormat: a format outside ALLOWED_FORMATS.
+        ImageTooLarge: more than max_pixels pixels.
+        ImageError: anything else that is not a readable image (missing, empty, truncated, corrupt).
+    """
+    label = _label(source, name)
+    if channels not in _MODES:
+        raise UserError(f"images have 1 or 3 channels, not {channels}")
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fp:
+                return _decode(fp, label, channels, max_pixels)
+        except FileNotFoundError:
+            raise ImageError(f"{label}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a directory, not an image") from None
+        except PermissionError:
+            raise ImageError(f"{label}: permission denied") from None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(source), label, channels, max_pixels)
+    if not source.seekable():  # Pillow needs to seek; a network stream is read into memory first
+        source = io.BytesIO(source.read())
+    return _decode(source, label, channels, max_pixels)
+
+
+def _decode(fp: BinaryIO, label: str, channels: int, max_pixels: int) -> Image.Image:
+    image = _open(fp, label, max_pixels)
+    fmt = _FORMAT_ALIASES.get(image.format, image.format)
+    try:
+        with image:
+            image.load()
+            # Reading the EXIF block is part of decoding: a corrupt one is a corrupt file.
+            upright = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageTooLarge(f"{label}: image too large ({err})") from None
+    except _READ_ERRORS as err:
+        raise ImageError(f"{label}: truncated or corrupt {fmt} image ({err})") from None
+    return to_mode(upright, channels)
+
+
+def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    # torchvision's Resize(int): the shorter side becomes `size`, the longer one int(size * long / short).
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def preprocess(
+    image: Image.Image,
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize_size: int,
+) -> np.ndarray:
+    """torchvision's evaluation preset on one image: float32 C x H x W.
+
+    The shorter side is resized to resize_size (bilinear, as Resize on a PIL image), the centre H x W is cropped
+    (zero-padded where the image is smaller, as CenterCrop), values are scaled to [0, 1] and normalised with
+    mean and std. An image of the wrong mode is converted as open_image would.
+    """
+    chans, height, width = (int(v) for v in input_size)
+    if len(mean) != chans or len(std) != chans:
+        raise UserError(f"mean and std need {chans} values each for {chans}-channel input: {list(mean)}, {list(std)}")
+    image = to_mode(image, chans)
+    size = _resized_size(*image.size, int(resize_size))
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32).reshape(image.size[1], image.size[0], chans)
+    array = _center_crop(array, height, width)
+    array = array.transpose(2, 0, 1) / np.float32(255.0)
+    mean_ = np.asarray(mean, dtype=np.float32).reshape(chans, 1, 1)
+    std_ = np.asarray(std, dtype=np.float32).reshape(chans, 1, 1)
+    return np.ascontiguousarray((array - mean_) / std_, dtype=np.float32)
+
+
+def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torchvision's CenterCrop on an H x W x C array, zero padding first where the crop is larger."""
+    img_h, img_w = array.shape[:2]
+    if height > img_h or width > img_w:
+        pad_top, pad_left = max(height - img_h, 0) // 2, max(width - img_w, 0) // 2
+        pad_bottom, pad_right = (max(height - img_h, 0) + 1) // 2, (max(width - img_w, 0) + 1) // 2
+        array = np.pad(array, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
+        img_h, img_w = array.shape[:2]
+    top, left = int(round((img_h - height) / 2.0)), int(round((img_w - width) / 2.0))
+    return array[top : top + height, left : left + width]
