@@ -1,0 +1,293 @@
+"""Transfer learning: start from saved weights, choose what to train.
+
+``load_pretrained`` reads a cnnzoo checkpoint or a torchvision-/timm-format state_dict (``.pth``/``.pt`` through
+``torch.load(weights_only=True)``, ``.safetensors`` through safetensors), so nothing but tensors is ever unpickled.
+It strips the ``module.`` prefix of DistributedDataParallel (and ``_orig_mod.`` of torch.compile), initialises or
+drops auxiliary heads (GoogLeNet's ``aux1``/``aux2``, Inception-v3's ``AuxLogits``) that only one side has, leaves
+the classifier freshly initialised when the file has another number of classes, and maps tensors by order when the
+names differ but the ordered shapes agree (the one converter, used e.g. for files from other code bases).
+
+``apply_finetune`` freezes by the model contract alone (``model.stages()``, ``model.get_classifier()``):
+
+    all      every parameter trains
+    last:N   the last N stages, everything registered after them, and the classifier train
+    head     only the classifier trains; with new_fc_classes the old classifier is kept (frozen) and a new
+             Linear(old_classes, new_fc_classes) appended on top of it is the only trained layer
+
+``freeze_norm_stats`` puts frozen norm layers into eval mode; the trainer calls it after every ``model.train()``
+so that frozen batch-norm running statistics never change (a common fine-tuning bug: requires_grad=False alone
+still lets BN update its running mean and variance in training mode).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnzoo.errors import UserError
+from cnnzoo.models.base import ZooModel
+
+__all__ = ["LoadReport", "load_pretrained", "apply_finetune", "append_classifier", "freeze_norm_stats"]
+
+CHECKPOINT_FORMAT = "cnnzoo-checkpoint"
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # dicts that training scripts wrap weights in
+PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+AUX_RE = re.compile(r"^aux", re.IGNORECASE)  # top-level module names of auxiliary heads: aux1, aux2, AuxLogits
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+SHOW = 3  # differing keys named in an error message
+
+
+@dataclass
+class LoadReport:
+    """What load_pretrained did; ``str(report)`` is one line for the trainer to print."""
+
+    path: str
+    source: str  # "cnnzoo checkpoint", "state_dict" or "safetensors"
+    loaded: int  # tensors copied into the model
+    stripped_prefix: str = ""
+    mapped_by_order: bool = False
+    file_classes: int | None = None  # classes of the file's classifier
+    num_classes: int | None = None  # classes of the model's classifier after loading
+    classifier_replaced: bool = False
+    appended_fc: int | None = None  # the checkpoint's appended classifier, rebuilt on the model
+    aux_initialised: list[str] = field(default_factory=list)
+    aux_dropped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"loaded {self.loaded} tensors from {self.path} ({self.source})"]
+        if self.stripped_prefix:
+            parts.append(f"stripped prefix {self.stripped_prefix!r}")
+        if self.mapped_by_order:
+            parts.append("names differ: mapped by order (shapes match exactly)")
+        if self.appended_fc is not None:
+            parts.append(f"rebuilt the appended classifier ({self.appended_fc} classes)")
+        if self.classifier_replaced:
+            parts.append(f"classifier replaced: {self.file_classes} -> {self.num_classes} classes, newly initialised")
+        if self.aux_initialised:
+            parts.append(f"auxiliary heads not in the file, newly initialised: {', '.join(self.aux_initialised)}")
+        if self.aux_dropped:
+            parts.append(f"auxiliary heads dropped from the file: {', '.join(self.aux_dropped)}")
+        return "; ".join(parts)
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """The file's tensors, its kind, and the cnnzoo checkpoint payload (empty for plain state_dicts)."""
+    if not path.is_file():
+        raise UserError(f"no such weights file: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu"), "safetensors", {}
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle refused by weights_only, truncated zip, foreign format, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read weights from {path}: {reason[:200]}") from None
+    payload = {}
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        payload, obj, kind = obj, obj.get("state_dict"), "cnnzoo checkpoint"
+    else:
+        kind = "state_dict"
+        for key in WRAPPER_KEYS:
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} holds no state_dict (a dict of tensors, or a cnnzoo checkpoint)")
+    return dict(obj), kind, payload
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    stripped = ""
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+            stripped += prefix
+    return state, stripped
+
+
+def _aux_names(keys) -> list[str]:
+    return sorted({k.split(".")[0] for k in keys if AUX_RE.match(k.split(".")[0])})
+
+
+def _is_counter(key: str) -> bool:
+    # BatchNorm's num_batches_tracked: absent from older files and irrelevant to eval, so never required.
+    return key.endswith("num_batches_tracked")
+
+
+def _class_heads(model: nn.Module) -> dict[str, nn.Linear]:
+    """Parameter names of every Linear whose outputs are the classes (the classifier and auxiliary classifiers)."""
+    return {
+        f"{name}.{p}": m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m.out_features == model.num_classes
+        for p in ("weight", "bias")
+        if getattr(m, p) is not None
+    }
+
+
+def _match(model: nn.Module, ours: dict, theirs: dict, path: Path, ordered: bool) -> tuple[list, bool]:
+    """Pair every model key with a file key: by name, else by order when the ordered shapes agree. Shapes may
+    differ only in the class count of the classifier and auxiliary classifiers; any other difference is an error."""
+    heads = _class_heads(model)
+    own = [k for k in ours if not _is_counter(k)]
+    other = [k for k in theirs if not _is_counter(k)]
+    by_order = set(own) != set(other)
+    if not by_order:
+        pairs = [(k, k) for k in own] + [(k, k) for k in ours if _is_counter(k) and k in theirs]
+    elif ordered and len(own) == len(other) and all(ours[a].shape == theirs[b].shape or a in heads
+                                                    for a, b in zip(own, other)):
+        pairs = list(zip(own, other))  # the converter: same architecture, other names (parity-test rule)
+    else:
+        missing = ", ".join([f"{k} {tuple(ours[k].shape)}" for k in own if k not in theirs][:SHOW]) or "nothing"
+        unexpected = ", ".join([f"{k} {tuple(theirs[k].shape)}" for k in other if k not in ours][:SHOW]) or "nothing"
+        raise UserError(
+            f"{path} does not fit this model: missing {missing}; unexpected {unexpected}"
+            f" ({len(own)} tensors in the model, {len(other)} in the file"
+            + (", not the same shapes in order)" if ordered else "; safetensors keeps no order, so names must match)")
+        )
+    bad = [
+        (a, b)
+        for a, b in pairs
+        if ours[a].shape != theirs[b].shape and (a not in heads or ours[a].shape[1:] != theirs[b].shape[1:])
+    ]
+    if bad:
+        diff = ", ".join(f"{a} {tuple(ours[a].shape)} vs file {b} {tuple(theirs[b].shape)}" for a, b in bad[:SHOW])
+        raise UserError(f"{path} does not fit this model: shapes differ at {diff}")
+    return pairs, by_order
+
+
+def load_pretrained(
+    model: ZooModel, path: str | Path, *, num_classes: int | None = None, keep_classifier: bool = False
+) -> LoadReport:
+    """Load weights from a local file into ``model`` in place.
+
+    Args:
+        model: the network to initialise (e.g. ``create_model(name, num_classes=dataset_classes)``).
+        path: a cnnzoo checkpoint, or a torchvision/timm state_dict in ``.pth``/``.pt``/``.safetensors``.
+        num_classes: classes of the classifier after loading; None keeps ``model.num_classes``. When it differs
+            from the file's, the classifier is replaced by a newly initialised one (``reset_classifier``).
+        keep_classifier: load the file's classifier with its own class count whatever ``model.num_classes`` is
+            (what ``apply_finetune(..., new_fc_classes=...)`` builds on: the old classifier stays, a new one goes
+            on top); ``num_classes`` is then ignored.
+
+    Raises:
+        UserError: unreadable file, or any mismatch other than the class count, naming the first differing keys.
+    """
+    path = Path(path)
+    theirs, kind, payload = _read_tensors(path)
+    theirs, stripped = _strip_prefixes(theirs)
+    report = LoadReport(str(path), kind, 0, stripped_prefix=stripped)
+    target = model.num_classes if num_classes is None else num_classes
+    appended = payload.get("appended_fc")
+    if appended is not None and getattr(model, "appended_fc", None) is None:
+        # The checkpoint's classifier is old Linear + appended Linear: give the model that shape before loading.
+        old_key = f"{model.classifier_path}.0.weight"
+        if old_key not in theirs:
+            raise UserError(f"{path} says appended_fc={appended} but has no {old_key}")
+        model.reset_classifier(theirs[old_key].shape[0])
+        append_classifier(model, appended)
+        report.appended_fc = appended
+    clf_key = f"{model.classifier_path}.weight"
+    if keep_classifier and clf_key in theirs:
+        model.reset_classifier(theirs[clf_key].shape[0])
+        target = model.num_classes
+
+    ours = model.state_dict()
+    model_aux, file_aux = _aux_names(ours), _aux_names(theirs)
+    if model_aux and not file_aux:
+        ours = {k: v for k, v in ours.items() if k.split(".")[0] not in model_aux}
+        report.aux_initialised = model_aux
+    elif file_aux and not model_aux:
+        theirs = {k: v for k, v in theirs.items() if k.split(".")[0] not in file_aux}
+        report.aux_dropped = file_aux
+
+    pairs, report.mapped_by_order = _match(model, ours, theirs, path, ordered=kind != "safetensors")
+    same = [(a, b) for a, b in pairs if ours[a].shape == theirs[b].shape]
+    # strict=False only for what the checks above leave out on purpose: class heads of another class count,
+    # auxiliary heads the file lacks, missing BN counters. Every other key was matched and shape-checked.
+    model.load_state_dict({a: theirs[b] for a, b in same}, strict=False)
+    report.loaded = len(same)
+    report.file_classes = next((theirs[b].shape[0] for a, b in pairs if a == clf_key), None)
+    other_count = {a.rpartition(".")[0] for a, b in pairs if ours[a].shape != theirs[b].shape}
+    for name, module in model.named_modules():
+        if name in other_count and name != model.classifier_path:
+            module.reset_parameters()  # auxiliary classifiers of the file's class count: fresh, like the main one
+    if other_count or target != model.num_classes:
+        model.reset_classifier(target)
+        report.classifier_replaced = True
+    report.num_classes = model.num_classes
+    return report
+
+
+def append_classifier(model: ZooModel, num_classes: int) -> None:
+    """Keep the model's classifier and put a new ``Linear(old_classes, num_classes)`` on top of it.
+
+    The classifier becomes ``nn.Sequential(old, new)`` at the same path; ``model.classifier_path`` then points at
+    the new layer, so ``get_classifier``/``reset_classifier`` and freezing act on it. ``model.appended_fc`` records
+    the class count for the checkpoint (its ``appended_fc`` field)."""
+    old = model.get_classifier()
+    new = nn.Linear(old.out_features, num_classes).to(device=old.weight.device, dtype=old.weight.dtype)
+    parent, _, leaf = model.classifier_path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, nn.Sequential(old, new))
+    model.classifier_path = f"{model.classifier_path}.1"
+    model.num_classes = num_classes
+    model.appended_fc = num_classes
+
+
+def _parse_mode(mode: str, num_stages: int) -> int | None:
+    """Stages left trainable: None for all, 0 for head, N for last:N."""
+    if mode == "all":
+        return None
+    if mode == "head":
+        return 0
+    head, _, count = mode.partition(":")
+    if head == "last" and count.isdigit() and 1 <= int(count) <= num_stages:
+        return int(count)
+    raise UserError(f"unknown fine-tuning mode {mode!r}: use all, head, or last:N with 1 <= N <= {num_stages}")
+
+
+def apply_finetune(model: ZooModel, mode: str = "all", *, new_fc_classes: int | None = None) -> ZooModel:
+    """Set ``requires_grad`` for a fine-tuning mode (``all``, ``last:N``, ``head``) and return the model.
+
+    ``last:N`` trains the last N of ``model.stages()``, every parameter registered after the first of them (such
+    as a final norm or head convolution outside the stages) and the classifier; earlier parameters freeze.
+    With ``new_fc_classes`` the current classifier is kept and a new linear layer appended on top
+    (``append_classifier``); in ``head`` mode only that new layer trains."""
+    stages = model.stages()
+    keep = _parse_mode(mode, len(stages))
+    if new_fc_classes is not None:
+        append_classifier(model, new_fc_classes)
+    for p in model.parameters():
+        p.requires_grad_(keep is None)
+    if keep:
+        order = {id(p): i for i, p in enumerate(model.parameters())}
+        trained = [order[id(p)] for _, stage in stages[-keep:] for p in stage.parameters()]
+        start = min(trained, default=len(order))
+        for p in model.parameters():
+            p.requires_grad_(order[id(p)] >= start)
+    for p in model.get_classifier().parameters():
+        p.requires_grad_(True)
+    freeze_norm_stats(model)
+    return model
+
+
+def freeze_norm_stats(model: nn.Module) -> None:
+    """Put every norm layer whose parameters are all frozen into eval mode, so its running statistics stay.
+
+    A norm layer without parameters (``affine=False``) follows the nearest enclosing module that has some."""
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if not isinstance(module, NORM_TYPES):
+            continue
+        owner = module
+        while not any(True for _ in owner.parameters()) and name:
+            name = name.rpartition(".")[0]
+            owner = modules[name]
+        params = list(owner.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
