@@ -174,7 +174,8 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expanded_channels != in_channels:
             layers.append(ConvBNAct(in_channels, expanded_channels, 1, act=act))
-        layers.append(ConvBNAct(expanded_channels, expanded_channels, kernel_size, stride, groups=expanded_channels, act=act))
+        dw = ConvBNAct(expanded_channels, expanded_channels, kernel_size, stride, groups=expanded_channels, act=act)
+        layers.append(dw)
         if se_channels:
             layers.append(SqueezeExcite(expanded_channels, se_channels, act=se_act, gate=se_gate))
         layers.append(ConvBNAct(expanded_channels, out_channels, 1, act=None))  # linear bottleneck
