@@ -1,0 +1,374 @@
+"""Inference runtimes: one interface over PyTorch, ONNX Runtime and OpenVINO, for predict, explain and serve.
+
+    open_runtime("runs/x/best.pt")              -> TorchRuntime     (a cnnzoo checkpoint, or a TorchScript export)
+    open_runtime("model.onnx")                  -> OpenVINORuntime  (auto: OpenVINO, else ONNX Runtime)
+    open_runtime("model.onnx", "onnxruntime")   -> OnnxRuntime
+    open_runtime("model.xml")                   -> OpenVINORuntime  (OpenVINO IR)
+
+An exported file carries the model's metadata (model name, classes, input size, normalisation, eval resize) as a
+JSON string under META_KEY: in the ONNX model's metadata_props, or in the OpenVINO IR's rt_info. So the file
+alone is enough to predict. "auto" picks the fastest runtime available on CPU: OpenVINO, then ONNX Runtime for
+exported files (issue 7's measurements: ORT ~6x PyTorch eager on MobileNetV2 at batch 1, OpenVINO ~2x ORT).
+
+Importing this module does not import torch, and neither do the ONNX Runtime and OpenVINO paths: a service
+running an .onnx starts fast and small. Only TorchRuntime imports torch, when it is opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import threading
+import zipfile
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cnnzoo.errors import UserError
+from cnnzoo.images import preprocess
+
+__all__ = [
+    "META_KEY",
+    "BACKENDS",
+    "Runtime",
+    "TorchRuntime",
+    "OnnxRuntime",
+    "OpenVINORuntime",
+    "open_runtime",
+    "softmax",
+    "default_threads",
+]
+
+META_KEY = "cnnzoo"
+BACKENDS = ("torch", "onnxruntime", "openvino")
+META_FIELDS = ("model_name", "classes", "input_size", "mean", "std", "resize_size")
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+_PACKAGES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def default_threads() -> int:
+    """Intra-op threads for inference: OMP_NUM_THREADS when set, else the CPUs this process may really use.
+
+    ONNX Runtime and OpenVINO default to every core of the host; in a container limited by affinity or a cgroup
+    CPU quota that oversubscribes the cores the process actually gets, and latency suffers.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cgroup v2: "max 100000" (no limit) or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed in float64 and stable for large logits."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _import(backend: str):
+    try:
+        return importlib.import_module(_PACKAGES[backend])
+    except ImportError:
+        raise UserError(f"the {backend} backend is not installed (pip install {_PACKAGES[backend]})") from None
+
+
+def _check_meta(meta: object, source: str) -> dict:
+    """Validate the metadata dict and normalise its types."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{source}: the {META_KEY!r} metadata is not a JSON object")
+    missing = [k for k in META_FIELDS if k not in meta]
+    if missing:
+        raise UserError(f"{source}: the {META_KEY!r} metadata lacks {', '.join(missing)}")
+    try:
+        meta = {
+            "model_name": str(meta["model_name"]),
+            "classes": [str(c) for c in meta["classes"]],
+            "input_size": tuple(int(v) for v in meta["input_size"]),
+            "mean": tuple(float(v) for v in meta["mean"]),
+            "std": tuple(float(v) for v in meta["std"]),
+            "resize_size": int(meta["resize_size"]),
+        }
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: malformed {META_KEY!r} metadata") from None
+    chans = meta["input_size"][0] if len(meta["input_size"]) == 3 else 0
+    if chans < 1 or len(meta["mean"]) != chans or len(meta["std"]) != chans or not meta["classes"]:
+        raise UserError(f"{source}: inconsistent {META_KEY!r} metadata (input size, mean, std, classes)")
+    return meta
+
+
+def _parse_meta(text: str | None, source: str) -> dict:
+    if text is None:
+        raise UserError(
+            f"{source} has no cnnzoo metadata ({META_KEY!r} key); export it with `cnnzoo export CKPT`, "
+            "which embeds the class names and preprocessing"
+        )
+    try:
+        return _check_meta(json.loads(text), source)
+    except json.JSONDecodeError:
+        raise UserError(f"{source}: the {META_KEY!r} metadata is not valid JSON") from None
+
+
+class Runtime(ABC):
+    """A loaded model on one backend, with the preprocessing and class names it was trained with.
+
+    Attributes: backend, model_name, classes, input_size (C, H, W), mean, std, resize_size, path.
+    """
+
+    backend = ""
+
+    def __init__(self, path: str | Path, meta: dict):
+        self.path = str(path)
+        self.model_name: str = meta["model_name"]
+        self.classes: list[str] = meta["classes"]
+        self.input_size: tuple[int, int, int] = meta["input_size"]
+        self.mean: tuple[float, ...] = meta["mean"]
+        self.std: tuple[float, ...] = meta["std"]
+        self.resize_size: int = meta["resize_size"]
+        self.fixed_batch: int | None = None  # set by exports with a static batch axis: inputs go in chunks of it
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, model={self.model_name}, classes={len(self.classes)})"
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a contiguous float32 batch the model accepts as it is."""
+
+    def _check_outputs(self, num_outputs: int | None) -> None:
+        if isinstance(num_outputs, int) and num_outputs != len(self.classes):
+            classes = len(self.classes)
+            raise UserError(f"{self.path}: the model has {num_outputs} outputs but its metadata {classes} classes")
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The model's evaluation preprocessing of one image: float32 C x H x W."""
+        return preprocess(image, self.input_size, self.mean, self.std, self.resize_size)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw scores, N x K float32, for a preprocessed N x C x H x W batch."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(self.input_size):
+            want = " x ".join(map(str, self.input_size))
+            raise UserError(f"{self.model_name} takes N x {want} input, got {' x '.join(map(str, batch.shape))}")
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        step = self.fixed_batch
+        if step is None or step == len(batch):
+            return np.asarray(self._run(batch), dtype=np.float32)
+        chunks = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            padded = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
+            chunks.append(np.asarray(self._run(padded), dtype=np.float32)[: len(chunk)])
+        return np.concatenate(chunks)
+
+    def predict(self, images: Sequence[Image.Image], topk: int = 5) -> list[list[tuple[str, float]]]:
+        """The top-k (class name, probability) of each image, most probable first."""
+        if topk < 1:
+            raise UserError(f"topk must be at least 1, got {topk}")
+        if not images:
+            return []
+        probs = softmax(self.logits(np.stack([self.preprocess(image) for image in images])))
+        k = min(topk, probs.shape[1])
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(self.classes[i], float(row[i])) for i in idx] for row, idx in zip(probs, order)]
+
+
+class TorchRuntime(Runtime):
+    """PyTorch eager on a cnnzoo checkpoint (or TorchScript on a `cnnzoo export --format torchscript` file)."""
+
+    backend = "torch"
+
+    def __init__(self, path: str | Path):
+        torch = _import("torch")
+        self._torch = torch
+        if _is_torchscript(path):
+            extra = {f"{META_KEY}.json": ""}
+            try:
+                self.model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+            except RuntimeError as err:
+                reason = str(err).strip().splitlines()[0][:200]
+                raise UserError(f"{path}: not a loadable TorchScript file ({reason})") from None
+            meta = _parse_meta(extra[f"{META_KEY}.json"] or None, str(path))
+            self.channels_last = False
+        else:
+            from cnnzoo.checkpoint import build_model, load_checkpoint
+
+            ckpt = load_checkpoint(path)
+            meta = _check_meta({k: ckpt[k] for k in META_FIELDS}, str(path))
+            self.model = build_model(ckpt)
+            self.channels_last = bool(getattr(self.model, "channels_last", False))
+        super().__init__(path, meta)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(batch)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = self.model(x)
+        return out.float().numpy()
+
+
+def _is_torchscript(path: str | Path) -> bool:
+    # A TorchScript archive is a zip holding code/ and constants.pkl; a torch.save checkpoint holds data.pkl only.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime, CPU execution provider, on an exported .onnx file."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        ort = _import("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1  # one sequential graph: inter-op threads would only compete
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # InvalidProtobuf, Fail, ...: all mean the file is not a usable ONNX model
+            raise UserError(f"{path}: not a loadable ONNX model ({str(err).strip().splitlines()[0][:200]})") from None
+        meta = _parse_meta(self.session.get_modelmeta().custom_metadata_map.get(META_KEY), str(path))
+        super().__init__(path, meta)
+        inp = self.session.get_inputs()[0]
+        self._input_name = inp.name
+        _check_input_shape(inp.shape, self.input_size, str(path))
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+        out_shape = self.session.get_outputs()[0].shape
+        self._check_outputs(out_shape[-1] if out_shape else None)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input_name: batch})[0]
+
+
+def _check_input_shape(shape: Sequence, input_size: tuple[int, int, int], source: str) -> None:
+    """Static C, H, W in the graph must be the metadata's: otherwise preprocessing would feed the wrong size."""
+    if len(shape) != 4:
+        raise UserError(f"{source}: expected an N x C x H x W input, the model's input has shape {list(shape)}")
+    for dim, want in zip(shape[1:], input_size):
+        if isinstance(dim, int) and dim > 0 and dim != want:
+            raise UserError(f"{source}: the model's input {list(shape)} disagrees with its metadata {list(input_size)}")
+
+
+class OpenVINORuntime(Runtime):
+    """OpenVINO on CPU, on an OpenVINO IR (.xml + .bin) or directly on an .onnx file."""
+
+    backend = "openvino"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        ov = _import("openvino")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as err:
+            kind = "OpenVINO IR" if str(path).endswith(".xml") else "ONNX model"
+            raise UserError(f"{path}: not a loadable {kind} ({str(err).strip().splitlines()[0][:200]})") from None
+        super().__init__(path, _parse_meta(_ov_meta(model), str(path)))
+        shape = model.inputs[0].get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+        _check_input_shape(dims, self.input_size, str(path))
+        self.fixed_batch = dims[0]
+        out = model.outputs[0].get_partial_shape()
+        self._check_outputs(out[-1].get_length() if out.rank.is_static and out[-1].is_static else None)
+        config = {
+            # one stream with every thread on one request: predict and serve run one batch at a time
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads or default_threads(),
+            # f32, not the bf16 OpenVINO picks on CPUs with AMX/AVX512-BF16: predictions must match PyTorch's.
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # an infer request serves one call at a time; a service may call from threads
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._request.infer({0: batch})
+            return self._request.get_output_tensor(0).data.copy()
+
+
+def _ov_meta(model) -> str | None:
+    # IR written by `cnnzoo export --format openvino`: rt_info["cnnzoo"]; an .onnx read by OpenVINO's ONNX
+    # frontend: its metadata_props land in rt_info["framework"]["cnnzoo"].
+    for key in ([META_KEY], ["framework", META_KEY]):
+        if model.has_rt_info(key):
+            return model.get_rt_info(key).astype(str)
+    return None
+
+
+def _available(backend: str) -> bool:
+    return importlib.util.find_spec(_PACKAGES[backend]) is not None
+
+
+def _kind(path: Path) -> str:
+    if path.is_dir() or path.suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix == ".xml":
+        return "openvino-ir"
+    raise UserError(
+        f"{path}: unknown model file type {path.suffix or '(no suffix)'!r}; expected a cnnzoo checkpoint (.pt), "
+        "an ONNX model (.onnx) or an OpenVINO IR (.xml)"
+    )
+
+
+# The backends each kind of file can run on, fastest on CPU first: the order "auto" tries them in.
+_RUNS_ON = {"checkpoint": ("torch",), "onnx": ("openvino", "onnxruntime"), "openvino-ir": ("openvino",)}
+_KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "onnx": "an ONNX model", "openvino-ir": "an OpenVINO IR"}
+
+
+def open_runtime(path: str | Path, backend: str = "auto", *, threads: int | None = None) -> Runtime:
+    """Load a model file on a backend.
+
+    Args:
+        path: a cnnzoo checkpoint (.pt, or a run folder), a TorchScript export (.pt), an .onnx or an OpenVINO .xml.
+        backend: "torch", "onnxruntime", "openvino", or "auto": the fastest installed backend for the file on CPU
+            (OpenVINO, then ONNX Runtime, for exported files; torch for a checkpoint).
+        threads: intra-op threads for ONNX Runtime and OpenVINO (default: default_threads()).
+
+    Raises:
+        UserError: a missing file, an unknown file type, a backend that cannot run this kind of file or is not
+            installed, a file without cnnzoo metadata.
+    """
+    path = Path(path)
+    if backend not in ("auto", *BACKENDS):
+        raise UserError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if not path.exists():
+        raise UserError(f"no such model file: {path}")
+    kind = _kind(path)
+    candidates = _RUNS_ON[kind]
+    if backend == "auto":
+        installed = [b for b in candidates if _available(b)]
+        if not installed:
+            raise UserError(f"{path} needs one of {', '.join(candidates)}, and none is installed")
+        backend = installed[0]
+    elif backend not in candidates:
+        hint = f"use --backend {' or '.join(candidates)}"
+        if kind == "checkpoint":
+            hint = "export it first (cnnzoo export CKPT --format onnx), or use --backend torch"
+        raise UserError(f"the {backend} backend cannot run {path}, which is {_KIND_NAMES[kind]}: {hint}")
+    if backend == "torch":
+        return TorchRuntime(path)
+    if backend == "onnxruntime":
+        return OnnxRuntime(path, threads)
+    return OpenVINORuntime(path, threads)
