@@ -100,14 +100,12 @@ class NiN(ZooModel):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x).mean((2, 3))  # class maps N x K x H x W -> logits N x K
 
-    def get_classifier(self) -> nn.Conv2d:
-        """The 1x1 convolution that produces the class maps (NiN has no linear layer)."""
-        return self.classifier
-
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the class-map convolution by a fresh 1x1 convolution with num_classes outputs."""
-        old = self.classifier
-        self.classifier = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device)
+        """Replace the class-map convolution (NiN has no linear layer) by a fresh 1x1 one with num_classes outputs."""
+        old = self.get_classifier()
+        new = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device)
+        parent, _, leaf = self.classifier_path.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, leaf, new)
         self.num_classes = num_classes
 
 
