@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import threading
+import warnings
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -195,7 +196,9 @@ class TorchRuntime(Runtime):
         if _is_torchscript(path):
             extra = {f"{META_KEY}.json": ""}
             try:
-                self.model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": still supported
+                    self.model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
             except RuntimeError as err:
                 reason = str(err).strip().splitlines()[0][:200]
                 raise UserError(f"{path}: not a loadable TorchScript file ({reason})") from None

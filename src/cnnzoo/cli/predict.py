@@ -1,0 +1,55 @@
+"""`cnnzoo predict`: the top-k classes of images, with a checkpoint, an .onnx or an OpenVINO IR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+# Spelled out (equal to cnnzoo.runtime.BACKENDS, a test checks it) so that --help imports neither numpy nor PIL.
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cnnzoo.predict import predict
+    from cnnzoo.runtime import open_runtime
+
+    runtime = open_runtime(args.model, args.backend)
+    results = predict(runtime, args.images, topk=args.topk)
+    if args.json:
+        predictions = [r.to_dict() for r in results]
+        print(json.dumps({"model": runtime.model_name, "backend": runtime.backend, "predictions": predictions}, indent=1))
+    else:
+        for result in (r for r in results if r.ok):
+            print(result)
+    errors = [r for r in results if not r.ok]
+    for result in errors:
+        print(f"cnnzoo predict: error: {result.error}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="classify images with a trained model",
+        description="Print the top-k classes of each image, with the preprocessing stored in the model file. "
+        "Files that are not images are reported by name (exit code 2) and the others still predicted.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a cnnzoo checkpoint (.pt), an .onnx or an OpenVINO .xml")
+    p.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+", help="image files, or folders of images")
+    p.add_argument("--topk", type=_positive, default=5, help="classes shown per image (default: 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
+    p.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help="inference runtime (default: auto, the fastest installed for the file on CPU: "
+        "OpenVINO, then ONNX Runtime, for .onnx; torch for a checkpoint)",
+    )
+    p.set_defaults(handler=cmd_predict)

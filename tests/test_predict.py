@@ -1,0 +1,272 @@
+"""Runtimes (torch, ONNX Runtime, OpenVINO) agree with PyTorch; predict and `cnnzoo predict` end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import cnnzoo.predict
+from cnnzoo import runtime as rt
+from cnnzoo.checkpoint import build_model, save_checkpoint
+from cnnzoo.cli import main
+from cnnzoo.cli.predict import BACKENDS
+from cnnzoo.errors import UserError
+from cnnzoo.export import export
+from cnnzoo.predict import Prediction, expand_sources, predict
+from cnnzoo.registry import create_model
+from cnnzoo.runtime import META_KEY, open_runtime
+
+CLASSES = ["airplane", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck", "golden retriever"]
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def picture(seed: int, size=(40, 36), mode="RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, size[0])[None, :, None] * rng.uniform(0.2, 1, 3) + rng.uniform(0, 60, (size[1], 1, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB").convert(mode)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A lenet5 checkpoint (3 channels, 32x32 crop of a 36 resize) and its ONNX, OpenVINO and TorchScript exports."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    net = create_model("lenet5_relu", num_classes=10, in_chans=3)
+    ckpt = dict(
+        model_name="lenet5_relu", model_kwargs={"num_classes": 10, "in_chans": 3}, state_dict=net.state_dict(),
+        classes=CLASSES, input_size=[3, 32, 32], mean=MEAN, std=STD, resize_size=36, appended_fc=None,
+        epoch=1, step=1, best_metric=0.0, metrics={}, config={},
+    )
+    save_checkpoint(folder / "last.pt", ckpt)
+    paths = {"pt": folder / "last.pt"}
+    for key, fmt, name, kw in [
+        ("onnx", "onnx", "model.onnx", {}),
+        ("xml", "openvino", "model.xml", {}),
+        ("ts", "torchscript", "model.torchscript.pt", {}),
+        ("static", "onnx", "static.onnx", {"dynamic_batch": False}),
+    ]:
+        assert export(paths["pt"], folder / name, format=fmt, **kw).max_abs_diff < 1e-4
+        paths[key] = folder / name
+    paths["folder"] = folder
+    return paths
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of good images of several formats and modes, and bad files beside them."""
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "sub").mkdir()
+    (folder / ".hidden").mkdir()
+    picture(1).save(folder / "a.png")
+    picture(2, (50, 30)).save(folder / "b.jpg", quality=95)
+    picture(3, mode="RGBA").save(folder / "sub" / "c.webp", lossless=True)
+    picture(4, mode="P").save(folder / "sub" / "d.gif")
+    picture(5, mode="L").save(folder / "e.tiff")
+    picture(6).save(folder / ".hidden" / "f.png")  # hidden: skipped
+    (folder / "notes.jpg").write_text("not an image\n")  # reported by name
+    picture(7, (16, 16)).save(folder / "icon.ico")  # outside the allowlist: reported
+    (folder / "labels.csv").write_text("a.png,cat\n")  # not an image extension: skipped
+    return folder
+
+
+GOOD = ["a.png", "b.jpg", "e.tiff", "sub/c.webp", "sub/d.gif"]
+BAD = ["icon.ico", "notes.jpg"]
+
+
+def test_expand_sources(images, tmp_path):
+    found = [p.relative_to(images).as_posix() for p in expand_sources(images)]
+    assert found == sorted(GOOD + BAD)
+    assert expand_sources([images / "a.png", str(images / "labels.csv")]) == [images / "a.png", images / "labels.csv"]
+    with pytest.raises(UserError, match="no such file or folder"):
+        expand_sources([images / "missing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no image files"):
+        expand_sources(tmp_path / "empty")
+
+
+def test_runtimes_agree_with_pytorch(models, images):
+    from torchvision import transforms as T
+
+    net = build_model(torch.load(models["pt"], weights_only=True))
+    pil = [Image.open(images / name).convert("RGB") for name in ("a.png", "b.jpg", "e.tiff")]
+    preset = T.Compose([T.Resize(36), T.CenterCrop(32), T.ToTensor(), T.Normalize(MEAN, STD)])
+    batch = torch.stack([preset(im) for im in pil])
+    with torch.inference_mode():
+        reference = net(batch).numpy()
+    runs = [("pt", "torch"), ("ts", "torch"), ("onnx", "onnxruntime"), ("onnx", "openvino"), ("xml", "openvino"),
+            ("static", "onnxruntime"), ("static", "openvino")]
+    for key, backend in runs:
+        runtime = open_runtime(models[key], backend)
+        assert runtime.backend == backend and runtime.classes == CLASSES and runtime.input_size == (3, 32, 32)
+        assert (runtime.mean, runtime.std, runtime.resize_size) == (tuple(MEAN), tuple(STD), 36)
+        ours = np.stack([runtime.preprocess(im) for im in pil])
+        np.testing.assert_allclose(ours, batch.numpy(), atol=1e-6, rtol=0)
+        logits = runtime.logits(ours)
+        assert logits.shape == (3, 10) and logits.dtype == np.float32
+        diff = float(np.abs(logits - reference).max())
+        assert diff < 1e-4, f"{key} on {backend}: max abs diff {diff:.2e}"
+        top = runtime.predict(pil, topk=3)
+        probs = torch.softmax(torch.from_numpy(reference), 1)
+        for row, expect in zip(top, probs):
+            best = torch.topk(expect, 3)
+            assert [name for name, _ in row] == [CLASSES[i] for i in best.indices]
+            np.testing.assert_allclose([p for _, p in row], best.values.numpy(), atol=1e-5)
+    assert open_runtime(models["static"], "onnxruntime").fixed_batch == 1
+    assert open_runtime(models["onnx"], "onnxruntime").fixed_batch is None
+
+
+def test_auto_backend(models, monkeypatch):
+    assert open_runtime(models["pt"]).backend == "torch"
+    assert open_runtime(models["folder"]).backend == "torch"  # a run folder: its checkpoint
+    assert open_runtime(models["onnx"]).backend == "openvino"
+    assert open_runtime(models["xml"]).backend == "openvino"
+    monkeypatch.setattr(rt, "_available", lambda backend: backend != "openvino")
+    assert open_runtime(models["onnx"]).backend == "onnxruntime"
+    with pytest.raises(UserError, match="needs one of openvino, and none is installed"):
+        open_runtime(models["xml"])
+
+
+def test_open_runtime_errors(models, tmp_path, monkeypatch):
+    cases = [
+        (models["onnx"], "tensorrt", "unknown backend 'tensorrt'"),
+        (tmp_path / "missing.onnx", "auto", "no such model file"),
+        (models["onnx"], "torch", "cannot run .*model.onnx, which is an ONNX model: use --backend openvino or onnx"),
+        (models["xml"], "onnxruntime", "which is an OpenVINO IR: use --backend openvino"),
+        (models["pt"], "onnxruntime", "which is a PyTorch checkpoint: export it first"),
+    ]
+    (tmp_path / "model.h5").write_bytes(b"\x89HDF")
+    cases.append((tmp_path / "model.h5", "auto", "unknown model file type '.h5'"))
+    (tmp_path / "garbage.onnx").write_bytes(b"this is not a protobuf")
+    cases += [(tmp_path / "garbage.onnx", b, "not a loadable ONNX model") for b in ("onnxruntime", "openvino")]
+    proto = onnx.load(str(models["onnx"]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    cases += [(tmp_path / "bare.onnx", b, "has no cnnzoo metadata") for b in ("onnxruntime", "openvino")]
+    proto.metadata_props.add(key=META_KEY, value="{not json")
+    onnx.save(proto, str(tmp_path / "badmeta.onnx"))
+    cases.append((tmp_path / "badmeta.onnx", "onnxruntime", "not valid JSON"))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=META_KEY, value=json.dumps({"model_name": "lenet5", "classes": ["a"]}))
+    onnx.save(proto, str(tmp_path / "partial.onnx"))
+    cases.append((tmp_path / "partial.onnx", "onnxruntime", "lacks input_size, mean, std, resize_size"))
+    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 truncated")
+    cases.append((tmp_path / "broken.pt", "torch", "not a readable checkpoint"))
+    for path, backend, message in cases:
+        with pytest.raises(UserError, match=message):
+            open_runtime(path, backend)
+    monkeypatch.setitem(rt._PACKAGES, "openvino", "openvino_not_installed_here")
+    with pytest.raises(UserError, match="the openvino backend is not installed"):
+        open_runtime(models["xml"], "openvino")
+
+
+def test_metadata_must_match_the_graph(models, tmp_path):
+    proto = onnx.load(str(models["onnx"]))
+    meta = json.loads(next(p.value for p in proto.metadata_props if p.key == META_KEY))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=META_KEY, value=json.dumps({**meta, "classes": CLASSES[:5]}))
+    onnx.save(proto, str(tmp_path / "five.onnx"))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=META_KEY, value=json.dumps({**meta, "input_size": [3, 64, 64]}))
+    onnx.save(proto, str(tmp_path / "size.onnx"))
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(UserError, match="10 outputs but its metadata 5 classes"):
+            open_runtime(tmp_path / "five.onnx", backend)
+        with pytest.raises(UserError, match="disagrees with its metadata"):
+            open_runtime(tmp_path / "size.onnx", backend)
+    with pytest.raises(UserError, match="takes N x 3 x 32 x 32 input"):
+        open_runtime(models["onnx"], "onnxruntime").logits(np.zeros((1, 1, 32, 32), np.float32))
+
+
+def test_predict_reports_bad_files_and_predicts_the_rest(models, images):
+    results = predict(models["onnx"], [images], topk=3, batch_size=2)  # batches straddle good and bad files
+    assert [r.path for r in results] == [str(images / n) for n in sorted(GOOD + BAD)]
+    bad = {r.path: r.error for r in results if not r.ok}
+    assert set(bad) == {str(images / n) for n in BAD}
+    assert "notes.jpg: not an image" in bad[str(images / "notes.jpg")]
+    assert "ICO images are not accepted" in bad[str(images / "icon.ico")]
+    by_torch = {r.path: r for r in cnnzoo.predict(models["pt"], images, topk=20, backend="torch")}
+    for r in results:
+        if r.ok:
+            assert len(r.topk) == 3 and all(name in CLASSES for name, _ in r.topk)
+            probs = [p for _, p in r.topk]
+            assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+            other = by_torch[r.path]
+            assert len(other.topk) == 10 and abs(sum(p for _, p in other.topk) - 1) < 1e-6  # topk capped at K
+            assert [n for n, _ in other.topk[:3]] == [n for n, _ in r.topk]
+            np.testing.assert_allclose([p for _, p in other.topk[:3]], probs, atol=1e-5)
+    with pytest.raises(UserError, match="at least 1"):
+        predict(models["onnx"], images, topk=0)
+
+
+def test_cli_predict(models, images, capsys):
+    assert main(["predict", str(models["onnx"]), str(images / "a.png"), str(images / "sub"), "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(images / "a.png"), str(images / "sub/c.webp"),
+                                                       str(images / "sub/d.gif")]
+    assert all(line.count("%)") == 2 for line in lines)
+    # a folder with bad files: good predictions printed, bad files named on stderr, exit code 2
+    assert main(["predict", str(models["xml"]), str(images), "--json", "--topk", "1"]) == 2
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert payload["model"] == "lenet5_relu" and payload["backend"] == "openvino"
+    assert sum("topk" in p for p in payload["predictions"]) == len(GOOD)
+    assert {p["path"] for p in payload["predictions"] if "error" in p} == {str(images / n) for n in BAD}
+    assert "notes.jpg: not an image" in captured.err and "icon.ico" in captured.err
+    assert main(["predict", str(models["pt"]), str(images / "missing.png")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(models["pt"]), str(images), "--topk", "0"])
+    assert BACKENDS == rt.BACKENDS
+
+
+def test_onnx_paths_never_import_torch(models, images):
+    code = (
+        "import sys\n"
+        "from cnnzoo.cli import main\n"
+        "for backend in ('auto', 'onnxruntime', 'openvino'):\n"
+        f"    assert main(['predict', {str(models['onnx'])!r}, {str(images)!r}, '--backend', backend]) == 2\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "ok", done.stderr[-2000:]
+
+
+def test_prediction_formats():
+    good = Prediction("x.png", [("golden retriever", 0.91234), ("cat", 0.05)])
+    assert str(good) == "x.png: golden retriever (91.2%), cat (5.0%)"
+    assert good.to_dict() == {"path": "x.png", "topk": [{"class": "golden retriever", "probability": 0.91234},
+                                                        {"class": "cat", "probability": 0.05}]}
+    bad = Prediction("y.jpg", error="y.jpg: not an image")
+    assert not bad.ok and bad.to_dict() == {"path": "y.jpg", "error": "y.jpg: not an image"}
+
+
+def test_default_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert rt.default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= rt.default_threads() <= (len(rt.os.sched_getaffinity(0)))
+
+
+def test_softmax_is_stable():
+    probs = rt.softmax(np.array([[1000.0, 1000.0, -1000.0]], np.float32))
+    np.testing.assert_allclose(probs, [[0.5, 0.5, 0.0]])
+
+
+def test_predict_from_upload_bytes(models):
+    # the service's path: bytes -> open_image -> Runtime.predict
+    from cnnzoo.images import open_image
+
+    buf = io.BytesIO()
+    picture(9).save(buf, "PNG")
+    runtime = open_runtime(models["onnx"], "onnxruntime")
+    [[(name, prob), *_]] = runtime.predict([open_image(buf.getvalue(), name="upload.png")], topk=2)
+    assert name in CLASSES and 0 < prob <= 1
