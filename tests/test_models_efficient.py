@@ -10,7 +10,7 @@ from torch import nn
 
 from cnnzoo.errors import UserError
 from cnnzoo.layers import InvertedResidual, channel_shuffle, make_divisible
-from cnnzoo.models.efficientnet import B0_HEAD, B0_STEM, SCALING, scale_stages
+from cnnzoo.models.efficientnet import B0_HEAD, B0_STEM, SCALING, EfficientNet, scale_stages
 from cnnzoo.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from cnnzoo.registry import create_model, model_info
 from cnnzoo.summary import summarize
@@ -137,6 +137,8 @@ def test_shufflenet_v1_scale():
         ShuffleNetV1(groups=5)
     with pytest.raises(UserError, match="scale"):
         ShuffleNetV2(scale=3.0)
+    with pytest.raises(UserError, match="variants"):
+        EfficientNet("b9")
 
 
 def test_channel_shuffle_interleaves_groups():

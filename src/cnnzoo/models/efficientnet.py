@@ -15,12 +15,12 @@ Module names and BN settings follow torchvision so that its weights load.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from cnnzoo.errors import UserError
 from cnnzoo.layers import ConvBNAct, MBConv, make_divisible, set_batchnorm
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
@@ -113,6 +113,8 @@ class EfficientNet(ZooModel):
         small_input: bool = False,
     ):
         super().__init__()
+        if variant not in SCALING:
+            raise UserError(f"EfficientNet variants are {', '.join(SCALING)}, not {variant!r}")
         scaling = SCALING[variant]
         stages = scale_stages(scaling)
         channels = make_divisible(B0_STEM * scaling.width)
@@ -155,54 +157,55 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _register(variant: str):
+def register(variant: str):
+    """register_model with the variant's resolution as the model's default input size."""
     size = SCALING[variant].resolution
-    return partial(register_model, "EfficientNet", EFFICIENTNET, input_size=(3, size, size), small_input=True)()
+    return register_model("EfficientNet", EFFICIENTNET, input_size=(3, size, size), small_input=True)
 
 
-@_register("b0")
+@register("b0")
 def efficientnet_b0(**kwargs) -> EfficientNet:
     """EfficientNet-B0 (Table 1), 224x224, torchvision-compatible."""
     return EfficientNet("b0", **kwargs)
 
 
-@_register("b1")
+@register("b1")
 def efficientnet_b1(**kwargs) -> EfficientNet:
     """EfficientNet-B1, 240x240, torchvision-compatible."""
     return EfficientNet("b1", **kwargs)
 
 
-@_register("b2")
+@register("b2")
 def efficientnet_b2(**kwargs) -> EfficientNet:
     """EfficientNet-B2, 260x260, torchvision-compatible."""
     return EfficientNet("b2", **kwargs)
 
 
-@_register("b3")
+@register("b3")
 def efficientnet_b3(**kwargs) -> EfficientNet:
     """EfficientNet-B3, 300x300, torchvision-compatible."""
     return EfficientNet("b3", **kwargs)
 
 
-@_register("b4")
+@register("b4")
 def efficientnet_b4(**kwargs) -> EfficientNet:
     """EfficientNet-B4, 380x380, torchvision-compatible."""
     return EfficientNet("b4", **kwargs)
 
 
-@_register("b5")
+@register("b5")
 def efficientnet_b5(**kwargs) -> EfficientNet:
     """EfficientNet-B5, 456x456, torchvision-compatible."""
     return EfficientNet("b5", **kwargs)
 
 
-@_register("b6")
+@register("b6")
 def efficientnet_b6(**kwargs) -> EfficientNet:
     """EfficientNet-B6, 528x528, torchvision-compatible."""
     return EfficientNet("b6", **kwargs)
 
 
-@_register("b7")
+@register("b7")
 def efficientnet_b7(**kwargs) -> EfficientNet:
     """EfficientNet-B7, 600x600, torchvision-compatible."""
     return EfficientNet("b7", **kwargs)

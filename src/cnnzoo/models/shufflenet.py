@@ -79,7 +79,7 @@ class ShuffleV1Unit(nn.Module):
 
 
 class ShuffleNetV1(ZooModel):
-    """ShuffleNet V1 with g groups and scale factor s (Table 1 and section 4.1.1)."""
+    """ShuffleNet V1 with g groups and scale factor s (Table 1 and section 3.3)."""
 
     stage_names = ("conv1", "stage2", "stage3", "stage4")
     cam_layer = "stage4"
