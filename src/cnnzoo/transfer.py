@@ -161,19 +161,16 @@ def _match(model: nn.Module, ours: dict, theirs: dict, path: Path, ordered: bool
     return pairs, by_order
 
 
-def load_pretrained(
-    model: ZooModel, path: str | Path, *, num_classes: int | None = None, keep_classifier: bool = False
-) -> LoadReport:
+def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | None = None) -> LoadReport:
     """Load weights from a local file into ``model`` in place.
 
     Args:
-        model: the network to initialise (e.g. ``create_model(name, num_classes=dataset_classes)``).
+        model: the network to initialise, e.g. ``create_model(name)`` of the file's architecture.
         path: a cnnzoo checkpoint, or a torchvision/timm state_dict in ``.pth``/``.pt``/``.safetensors``.
-        num_classes: classes of the classifier after loading; None keeps ``model.num_classes``. When it differs
-            from the file's, the classifier is replaced by a newly initialised one (``reset_classifier``).
-        keep_classifier: load the file's classifier with its own class count whatever ``model.num_classes`` is
-            (what ``apply_finetune(..., new_fc_classes=...)`` builds on: the old classifier stays, a new one goes
-            on top); ``num_classes`` is then ignored.
+        num_classes: classes of the classifier after loading. When it differs from the file's, the classifier
+            (with any auxiliary classifiers) is replaced by a newly initialised one (``reset_classifier``).
+            None keeps the file's classifier, resizing the model's to it if needed: what
+            ``apply_finetune(..., new_fc_classes=...)`` builds on (the old classifier stays, a new one goes on top).
 
     Raises:
         UserError: unreadable file, or any mismatch other than the class count, naming the first differing keys.
@@ -182,7 +179,6 @@ def load_pretrained(
     theirs, kind, payload = _read_tensors(path)
     theirs, stripped = _strip_prefixes(theirs)
     report = LoadReport(str(path), kind, 0, stripped_prefix=stripped)
-    target = model.num_classes if num_classes is None else num_classes
     appended = payload.get("appended_fc")
     if appended is not None and getattr(model, "appended_fc", None) is None:
         # The checkpoint's classifier is old Linear + appended Linear: give the model that shape before loading.
@@ -192,32 +188,33 @@ def load_pretrained(
         model.reset_classifier(theirs[old_key].shape[0])
         append_classifier(model, appended)
         report.appended_fc = appended
-    clf_key = f"{model.classifier_path}.weight"
-    if keep_classifier and clf_key in theirs:
-        model.reset_classifier(theirs[clf_key].shape[0])
-        target = model.num_classes
-
-    ours = model.state_dict()
-    model_aux, file_aux = _aux_names(ours), _aux_names(theirs)
-    if model_aux and not file_aux:
-        ours = {k: v for k, v in ours.items() if k.split(".")[0] not in model_aux}
-        report.aux_initialised = model_aux
-    elif file_aux and not model_aux:
+    model_aux, file_aux = _aux_names(model.state_dict()), _aux_names(theirs)
+    if file_aux and not model_aux:
         theirs = {k: v for k, v in theirs.items() if k.split(".")[0] not in file_aux}
         report.aux_dropped = file_aux
+    report.aux_initialised = model_aux if not file_aux else []
 
-    pairs, report.mapped_by_order = _match(model, ours, theirs, path, ordered=kind != "safetensors")
+    def match() -> tuple[dict, list[tuple[str, str]], bool]:
+        ours = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in report.aux_initialised}
+        return ours, *_match(model, ours, theirs, path, ordered=kind != "safetensors")
+
+    clf_key = f"{model.classifier_path}.weight"
+    ours, pairs, report.mapped_by_order = match()
+    report.file_classes = next((theirs[b].shape[0] for a, b in pairs if a == clf_key), None)
+    if num_classes is None and report.file_classes not in (None, model.num_classes):
+        model.reset_classifier(report.file_classes)  # keep the file's classifier: give the model its class count
+        ours, pairs, report.mapped_by_order = match()
     same = [(a, b) for a, b in pairs if ours[a].shape == theirs[b].shape]
     # strict=False only for what the checks above leave out on purpose: class heads of another class count,
     # auxiliary heads the file lacks, missing BN counters. Every other key was matched and shape-checked.
     model.load_state_dict({a: theirs[b] for a, b in same}, strict=False)
     report.loaded = len(same)
-    report.file_classes = next((theirs[b].shape[0] for a, b in pairs if a == clf_key), None)
     other_count = {a.rpartition(".")[0] for a, b in pairs if ours[a].shape != theirs[b].shape}
     for name, module in model.named_modules():
         if name in other_count and name != model.classifier_path:
             module.reset_parameters()  # auxiliary classifiers of the file's class count: fresh, like the main one
-    if other_count or target != model.num_classes:
+    target = model.num_classes if num_classes is None else num_classes
+    if model.classifier_path in other_count or target != model.num_classes:
         model.reset_classifier(target)
         report.classifier_replaced = True
     report.num_classes = model.num_classes
