@@ -89,9 +89,11 @@ def _stage(stage: Stage, in_channels: int, drop_paths: list[float]) -> nn.Sequen
     for i, p in enumerate(drop_paths):
         channels = in_channels if i == 0 else stage.channels
         expanded = make_divisible(channels * stage.expand)
-        se = max(1, channels // 4)  # SE ratio 0.25 of the block's input channels
+        se = max(1, channels // 4)  # SE ratio 0.25 of the block's input channels; swish everywhere
         stride = stage.stride if i == 0 else 1
-        blocks.append(MBConv(channels, stage.channels, expanded, stride, stage.kernel, "silu", se, "silu", drop_path=p))
+        blocks.append(
+            MBConv(channels, stage.channels, expanded, stride, stage.kernel, "silu", se, se_act="silu", drop_path=p)
+        )
     return nn.Sequential(*blocks)
 
 
