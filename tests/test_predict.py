@@ -119,6 +119,9 @@ def test_runtimes_agree_with_pytorch(models, images):
             best = torch.topk(expect, 3)
             assert [name for name, _ in row] == [CLASSES[i] for i in best.indices]
             np.testing.assert_allclose([p for _, p in row], best.values.numpy(), atol=1e-5)
+    fast = open_runtime(models["xml"], precision="auto")  # OpenVINO's own precision (bf16 on AMX CPUs)
+    assert fast.precision == "auto"
+    assert np.abs(fast.logits(batch.numpy()) - reference).max() <= 0.05 * (1 + np.abs(reference).max())
     assert open_runtime(models["static"], "onnxruntime").fixed_batch == 1
     assert open_runtime(models["onnx"], "onnxruntime").fixed_batch is None
 
@@ -162,6 +165,8 @@ def test_open_runtime_errors(models, tmp_path, monkeypatch):
     for path, backend, message in cases:
         with pytest.raises(UserError, match=message):
             open_runtime(path, backend)
+    with pytest.raises(UserError, match="unknown precision 'fp8'"):
+        open_runtime(models["xml"], precision="fp8")
     monkeypatch.setitem(rt._PACKAGES, "openvino", "openvino_not_installed_here")
     with pytest.raises(UserError, match="the openvino backend is not installed"):
         open_runtime(models["xml"], "openvino")

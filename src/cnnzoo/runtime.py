@@ -43,12 +43,16 @@ __all__ = [
     "open_runtime",
     "softmax",
     "default_threads",
+    "PRECISIONS",
 ]
 
 META_KEY = "cnnzoo"
 BACKENDS = ("torch", "onnxruntime", "openvino")
 META_FIELDS = ("model_name", "classes", "input_size", "mean", "std", "resize_size")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+# OpenVINO execution precision: "f32" (default, matches PyTorch within 1e-4) or "auto" (OpenVINO's own choice:
+# bf16 on CPUs with AMX/AVX512-BF16, about twice as fast there, logits within ~1e-2).
+PRECISIONS = ("f32", "auto")
 _PACKAGES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -277,7 +281,9 @@ class OpenVINORuntime(Runtime):
 
     backend = "openvino"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "f32"):
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         ov = _import("openvino")
         core = ov.Core()
         try:
@@ -296,9 +302,12 @@ class OpenVINORuntime(Runtime):
             # one stream with every thread on one request: predict and serve run one batch at a time
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads or default_threads(),
-            # f32, not the bf16 OpenVINO picks on CPUs with AMX/AVX512-BF16: predictions must match PyTorch's.
-            "INFERENCE_PRECISION_HINT": "f32",
         }
+        if precision == "f32":
+            # Not the bf16 OpenVINO picks by itself on CPUs with AMX/AVX512-BF16: about 2x faster there, but
+            # logits move by ~1e-2, and predictions must match PyTorch's unless the caller opts in.
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.precision = precision
         self.compiled = core.compile_model(model, "CPU", config)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time; a service may call from threads
@@ -340,7 +349,9 @@ _RUNS_ON = {"checkpoint": ("torch",), "onnx": ("openvino", "onnxruntime"), "open
 _KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "onnx": "an ONNX model", "openvino-ir": "an OpenVINO IR"}
 
 
-def open_runtime(path: str | Path, backend: str = "auto", *, threads: int | None = None) -> Runtime:
+def open_runtime(
+    path: str | Path, backend: str = "auto", *, threads: int | None = None, precision: str = "f32"
+) -> Runtime:
     """Load a model file on a backend.
 
     Args:
@@ -348,6 +359,7 @@ def open_runtime(path: str | Path, backend: str = "auto", *, threads: int | None
         backend: "torch", "onnxruntime", "openvino", or "auto": the fastest installed backend for the file on CPU
             (OpenVINO, then ONNX Runtime, for exported files; torch for a checkpoint).
         threads: intra-op threads for ONNX Runtime and OpenVINO (default: default_threads()).
+        precision: OpenVINO's execution precision, "f32" or "auto" (see PRECISIONS); other backends run f32.
 
     Raises:
         UserError: a missing file, an unknown file type, a backend that cannot run this kind of file or is not
@@ -356,6 +368,8 @@ def open_runtime(path: str | Path, backend: str = "auto", *, threads: int | None
     path = Path(path)
     if backend not in ("auto", *BACKENDS):
         raise UserError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if not path.exists():
         raise UserError(f"no such model file: {path}")
     kind = _kind(path)
@@ -374,4 +388,4 @@ def open_runtime(path: str | Path, backend: str = "auto", *, threads: int | None
         return TorchRuntime(path)
     if backend == "onnxruntime":
         return OnnxRuntime(path, threads)
-    return OpenVINORuntime(path, threads)
+    return OpenVINORuntime(path, threads, precision)
