@@ -3,14 +3,16 @@
 Torch-free (PIL + numpy), so the ONNX Runtime / OpenVINO paths and the service never import torch.
 
     open_image(source)  -> an "RGB" (channels=3) or "L" (channels=1) PIL image, decoded safely:
-        - only the formats of ALLOWED_FORMATS are parsed at all (Pillow's other plugins are never tried);
+        - only the formats of ALLOWED_FORMATS are parsed at all (Pillow's other plugins never read the file; their
+          magic-byte checks only name the format of a refused file);
         - the pixel count declared in the header is checked against max_pixels *before* decoding, so a
           decompression bomb (a tiny PNG declaring 30000x30000) costs nothing;
         - the EXIF orientation is applied (phone photos come out upright);
         - every mode is converted faithfully: 1, L, P, RGB, CMYK, YCbCr, HSV, LAB; 16-bit "I;16" by its 16-bit
           range, 32-bit "I" and float "F" by the range their values really span (Pillow's own convert clips them
           at 255); transparency (LA, PA, RGBA, P or RGB/L with a transparent colour) is composited on WHITE,
-          the background a viewer shows and the one documents and web graphics are drawn for.
+          the background a viewer shows and the one documents and web graphics are drawn for. Embedded ICC
+          profiles are not applied (neither do torchvision's decoders), so CMYK uses the plain inversion.
     preprocess(image, input_size, mean, std, resize_size) -> float32 C x H x W, torchvision's eval preset
         (Resize(resize_size) -> CenterCrop(H, W) -> ToTensor -> Normalize) written in numpy, value for value.
 """
@@ -22,7 +24,6 @@ import os
 import struct
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
