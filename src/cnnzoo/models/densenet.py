@@ -216,11 +216,11 @@ class DenseNet(ZooModel):
                 self.features.add_module(f"transition{i}", Transition(channels, out_channels))
                 stages.append(f"features.transition{i}")
                 channels = out_channels
-        n = len(cfg.block_config) + 1  # norm5 for the four ImageNet blocks, as torchvision names it
-        self.features.add_module(f"norm{n}", nn.BatchNorm2d(channels))
-        # torchvision applies this ReLU functionally after `features`; as a module (no state) it makes
-        # forward_features, the map CAM reads, the rectified one that global pooling sees.
-        self.features.add_module(f"relu{n}", nn.ReLU(inplace=True))
+        # torchvision calls the final norm norm5 whatever the number of blocks; its ReLU is applied functionally
+        # after `features`. As a module (no state) it makes forward_features, the map CAM reads, the rectified one
+        # that global pooling sees.
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.features.add_module("relu5", nn.ReLU(inplace=True))
         self.classifier = nn.Linear(channels, num_classes)
         self.num_features, self.num_classes = channels, num_classes
         self.stage_names = tuple(stages)  # Table 1's rows: stem, then each dense block and transition
@@ -246,7 +246,9 @@ def _init_weights(m: nn.Module) -> None:
 
 
 # torchvision's published DenseNet weights predate the ban on dots in module names: norm.1 for norm1, etc.
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def _rename_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
