@@ -275,3 +275,20 @@ def test_predict_from_upload_bytes(models):
     runtime = open_runtime(models["onnx"], "onnxruntime")
     [[(name, prob), *_]] = runtime.predict([open_image(buf.getvalue(), name="upload.png")], topk=2)
     assert name in CLASSES and 0 < prob <= 1
+
+
+def test_grey_model_on_colour_images(images, tmp_path):
+    # the digits path: a 1-channel network, colour files converted to grey by the loader, as in training
+    torch.manual_seed(1)
+    net = create_model("lenet5").eval()
+    export(net, tmp_path / "grey.onnx", input_size=(1, 32, 32))
+    runtime = open_runtime(tmp_path / "grey.onnx", "onnxruntime")
+    assert runtime.input_size == (1, 32, 32) and runtime.classes == [str(i) for i in range(10)]
+    results = predict(runtime, [images / "a.png", images / "sub" / "c.webp"], topk=10)
+    grey = [Image.open(images / "a.png").convert("L"), Image.open(images / "sub" / "c.webp").convert("RGB").convert("L")]
+    batch = torch.from_numpy(np.stack([runtime.preprocess(im) for im in grey]))
+    with torch.inference_mode():
+        probs = torch.softmax(net(batch), 1).numpy()
+    for result, expect in zip(results, probs):
+        got = dict(result.topk)
+        np.testing.assert_allclose([got[str(i)] for i in range(10)], expect, atol=1e-5)
