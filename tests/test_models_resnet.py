@@ -18,6 +18,7 @@ from cnnzoo.models.resnet import (
     PreActBlock,
     PreActBottleneck,
     Projection,
+    SENET154,
     ResNet,
     SENetBottleneck,
 )
@@ -202,7 +203,8 @@ def test_torchvision_state_dict_layout(name):
     with torch.device("meta"):
         theirs = torchvision.models.get_model(name)
     ours = _meta_default(name)
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in theirs.state_dict().items()]
+    layout = [(k, v.shape) for k, v in theirs.state_dict().items()]
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == layout
 
 
 SCRIPTED = {
@@ -211,7 +213,7 @@ SCRIPTED = {
         PreActBottleneck, [1, 1, 1], shortcut="C", se=True, block_dropout=0.1, drop_path_rate=0.1
     ),
     "SENet-154 block, deep stem": lambda: ResNet(
-        SENetBottleneck, [1, 1, 1, 1], 64, 4, stem="deep", shortcut_kernel=3, se=True, small_input=True, dropout=0.2
+        SENetBottleneck, [1, 1, 1, 1], **SENET154, small_input=True, drop_path_rate=0.1
     ),
 }
 

@@ -78,6 +78,11 @@ WRN_N = {16: 2, 28: 4, 40: 6}
 CIFAR_PLANES = (16, 32, 64)
 RESNEXT29_PLANES = (64, 128, 256)
 
+# SENet-154 (Hu et al. 2018, appendix): the 64x4d ResNeXt-152 with SE blocks and (1) the first 1x1 of each
+# bottleneck halved (SENetBottleneck), (2) three 3x3 convolutions in place of the 7x7 stem, (3) 3x3 stride-2
+# downsampling projections, (4) dropout 0.2 before the classifier.
+SENET154 = {"groups": 64, "width_per_group": 4, "se": True, "stem": "deep", "shortcut_kernel": 3, "dropout": 0.2}
+
 SHORTCUTS = ("A", "B", "C")
 STEMS = ("7x7", "deep")
 
@@ -357,10 +362,13 @@ def _stem(kind: str, in_chans: int, small_input: bool) -> tuple[nn.Module, int]:
     if kind not in STEMS:
         raise UserError(f"stem must be one of {', '.join(STEMS)}, not {kind!r}")
     stride = 1 if small_input else 2
-    if kind == "deep":  # SENet-154: three 3x3 convolutions in place of the 7x7
-        relu = partial(nn.ReLU, inplace=True)
-        convs = [conv3x3(in_chans, 64, stride), nn.BatchNorm2d(64), relu(), conv3x3(64, 64), nn.BatchNorm2d(64)]
-        return nn.Sequential(*convs, relu(), conv3x3(64, 128)), 128
+    if kind == "deep":  # SENet-154: three 3x3 convolutions in place of the 7x7 (the last one's BN is bn1)
+        convs = nn.Sequential(
+            conv3x3(in_chans, 64, stride), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            conv3x3(64, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            conv3x3(64, 128),
+        )  # fmt: skip
+        return convs, 128
     if small_input:  # 32x32 images: a 3x3 stride-1 convolution (and no max-pool) keeps 4x4 maps at the end
         return conv3x3(in_chans, 64), 64
     return nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False), 64
@@ -421,7 +429,8 @@ class ResNet(ZooModel):
         self.relu = nn.Identity() if block.preact else nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         self.layer1, self.layer2, self.layer3, self.layer4 = make_stages(
-            block, width, IMAGENET_PLANES, layers, (1, 2, 2, 2), shortcut, shortcut_kernel, drop_path_rate,
+            block, width, IMAGENET_PLANES, layers, strides=(1, 2, 2, 2), shortcut=shortcut,
+            shortcut_kernel=shortcut_kernel, drop_path_rate=drop_path_rate,
             groups=groups, width_per_group=width_per_group, se=se, dropout=block_dropout,
         )  # fmt: skip
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -475,7 +484,7 @@ class CifarResNet(ZooModel):
         post = [] if block.preact else [nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)]
         self.stem = nn.Sequential(conv3x3(in_chans, stem_width), *post)
         self.layer1, self.layer2, self.layer3 = make_stages(
-            block, stem_width, planes, layers, (1, 2, 2), shortcut, 1, drop_path_rate,
+            block, stem_width, planes, layers, strides=(1, 2, 2), shortcut=shortcut, drop_path_rate=drop_path_rate,
             groups=groups, width_per_group=width_per_group, se=se, dropout=block_dropout,
         )  # fmt: skip
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -655,13 +664,13 @@ def resnext101_64x4d(**kwargs) -> ResNet:
 @register_resnext(**CIFAR)
 def resnext29_8x64d(**kwargs) -> CifarResNet:
     """ResNeXt-29 8x64d for CIFAR (sec. 5.3), 34.4M params."""
-    return CifarResNet(Bottleneck, [3, 3, 3], RESNEXT29_PLANES, 64, groups=8, width_per_group=64, **kwargs)
+    return CifarResNet(Bottleneck, [3, 3, 3], RESNEXT29_PLANES, stem_width=64, groups=8, width_per_group=64, **kwargs)
 
 
 @register_resnext(**CIFAR)
 def resnext29_16x64d(**kwargs) -> CifarResNet:
     """ResNeXt-29 16x64d for CIFAR (sec. 5.3), 68.1M params."""
-    return CifarResNet(Bottleneck, [3, 3, 3], RESNEXT29_PLANES, 64, groups=16, width_per_group=64, **kwargs)
+    return CifarResNet(Bottleneck, [3, 3, 3], RESNEXT29_PLANES, stem_width=64, groups=16, width_per_group=64, **kwargs)
 
 
 @register_senet(small_input=True)
@@ -703,5 +712,4 @@ def se_resnext50_32x4d(**kwargs) -> ResNet:
 @register_senet(small_input=True)
 def senet154(**kwargs) -> ResNet:
     """SENet-154: SE 64x4d ResNeXt-152 with halved 1x1s, a 3x3-conv stem, 3x3 projections, dropout 0.2."""
-    kwargs = {"dropout": 0.2, **kwargs}
-    return ResNet(SENetBottleneck, LAYERS[152], 64, 4, stem="deep", shortcut_kernel=3, se=True, **kwargs)
+    return ResNet(SENetBottleneck, LAYERS[152], **{**SENET154, **kwargs})
