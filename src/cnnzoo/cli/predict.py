@@ -17,11 +17,12 @@ def _positive(value: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnnzoo.predict import predict
+    from cnnzoo.predict import expand_sources, predict
     from cnnzoo.runtime import open_runtime
 
+    paths = expand_sources(args.images)  # a mistyped path fails before a large model is loaded
     runtime = open_runtime(args.model, args.backend)
-    results = predict(runtime, args.images, topk=args.topk)
+    results = predict(runtime, paths, topk=args.topk)
     if args.json:
         predictions = [r.to_dict() for r in results]
         print(json.dumps({"model": runtime.model_name, "backend": runtime.backend, "predictions": predictions}, indent=1))
