@@ -17,9 +17,11 @@ Two registered networks:
   no local response normalisation; a 2x2/2 max pool before stage 5; 20% dropout. ``transform_input=True``
   re-normalises ImageNet-normalised input to [-1, 1], as torchvision does for its ported weights.
 
-Both auxiliary heads pool adaptively to 4x4, which is exactly the paper's 5x5/3 average pool on the 14x14 (or
-16x16) map, and keeps them usable at other input sizes. In training mode with ``aux_logits=True`` the forward
-returns ``(logits, aux1, aux2)``; in eval mode (and when scripted) only the logits.
+The auxiliary heads: torchvision's pool adaptively to 4x4 (4x4 windows on the 14x14 map); inception_v1's use
+the paper's 5x5/3 average pool, which also gives 4x4 there, followed by an adaptive 4x4 pool that is the
+identity at 224x224 and keeps the heads usable at other input sizes. In training mode with
+``aux_logits=True`` the forward returns ``(logits, aux1, aux2)``; in eval mode (and when scripted) only the
+logits.
 
 ``small_input=True`` replaces the 7x7/2 stem convolution by a 3x3/1 one and drops the two stem max pools, so
 that a 32x32 image reaches stage 3 at 32x32 and the final map is 8x8.
@@ -41,7 +43,8 @@ from cnnzoo.layers import ConvBNAct, LocalResponseNorm
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
-__all__ = ["GoogLeNet", "Inception", "InceptionAux", "BasicConv2d", "InceptionRow", "GOOGLENET_STAGES"]
+__all__ = ["GoogLeNet", "Inception", "InceptionAux", "BasicConv2d", "InceptionRow", "GOOGLENET_STAGES",
+           "transform_input"]
 
 GOOGLENET = Paper("Going deeper with convolutions", "Szegedy, Liu, Jia, Sermanet, Reed, Anguelov, Erhan, "
                   "Vanhoucke, Rabinovich", 2014, "1409.4842")
@@ -105,6 +108,14 @@ class BasicConv2d(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
+def transform_input(x: torch.Tensor) -> torch.Tensor:
+    """Map ImageNet mean/std-normalised RGB to (x - 0.5) / 0.5, the scaling Google's ported weights expect."""
+    x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+    x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+    x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+    return torch.cat([x0, x1, x2], 1)
+
+
 # The paper's convolution: biased, ReLU, no normalisation (children 0: conv, 1: relu).
 ConvReLU = partial(ConvBNAct, norm=False)
 
@@ -133,9 +144,12 @@ class Inception(nn.Module):
 class InceptionAux(nn.Module):
     """Auxiliary classifier (section 5): average pool to 4x4, 1x1 conv 128, FC 1024, ReLU, dropout, FC."""
 
-    def __init__(self, in_channels: int, num_classes: int, conv_block=BasicConv2d, dropout: float = 0.7):
+    def __init__(
+        self, in_channels: int, num_classes: int, conv_block=BasicConv2d, dropout: float = 0.7, paper: bool = False
+    ):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(4)  # = the paper's 5x5/3 average pool on a 14x14 map
+        # torchvision: an adaptive 4x4 pool; the paper: 5x5/3 (4x4 on 14x14), then adaptive for other sizes
+        self.pool = nn.Sequential(nn.AvgPool2d(5, 3), nn.AdaptiveAvgPool2d(4)) if paper else nn.AdaptiveAvgPool2d(4)
         self.conv = conv_block(in_channels, 128, 1)
         self.fc1 = nn.Linear(128 * 4 * 4, 1024)
         self.relu = nn.ReLU(inplace=True)
@@ -204,25 +218,19 @@ class GoogLeNet(ZooModel):
                 setattr(self, f"inception{stage}{'abcde'[i]}", block)
                 channels = row.out_channels
         # Without aux heads they are Identity (no parameters, no state_dict keys) so forward stays scriptable.
-        self.aux1 = InceptionAux(512, num_classes, conv, dropout_aux) if aux_logits else nn.Identity()
-        self.aux2 = InceptionAux(528, num_classes, conv, dropout_aux) if aux_logits else nn.Identity()
+        aux = partial(InceptionAux, num_classes=num_classes, conv_block=conv, dropout=dropout_aux, paper=paper_exact)
+        self.aux1 = aux(512) if aux_logits else nn.Identity()
+        self.aux2 = aux(528) if aux_logits else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
         self.num_classes, self.num_features = num_classes, channels
         self.apply(_init_caffe_xavier if paper_exact else _init_truncated_normal)
 
-    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        # ImageNet mean/std normalisation -> (x - 0.5) / 0.5, the scaling the ported Google weights expect.
-        x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-        x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-        x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-        return torch.cat([x0, x1, x2], 1)
-
     def _trunk(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         aux: list[torch.Tensor] = []
         if self.transform_input:
-            x = self._transform_input(x)
+            x = transform_input(x)
         x = self.maxpool1(self.conv1(x))  # N x 64 x 56 x 56
         x = self.maxpool2(self.norm2(self.conv3(self.conv2(self.norm1(x)))))  # N x 192 x 28 x 28
         x = self.maxpool3(self.inception3b(self.inception3a(x)))  # N x 480 x 14 x 14

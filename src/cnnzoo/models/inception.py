@@ -7,28 +7,29 @@
   inside modules 3c and 4e (stride-2 convolutions beside a stride-2 max pool whose output passes through).
   Section 4.2.1 removes dropout and local response normalisation, so ``dropout`` defaults to 0. The widths are
   the table's columns; they give modules 4c-4d 608 channels and 4e 1056 (the table's "576" and "1024" do not
-  add up; every reference implementation follows the columns). No auxiliary classifiers (the paper does not
+  add up; the Caffe-ported BN-Inception models follow the columns too). No auxiliary classifiers (the paper does not
   describe them). 11,285,224 parameters at 1000 classes; the paper's text quotes 13.6M, which the table's
   widths do not reproduce.
 - ``inception_v3``: Szegedy, Vanhoucke, Ioffe, Shlens & Wojna (2015), "Rethinking the Inception architecture for
-  computer vision", arXiv:1512.00567, exactly torchvision's ``inception_v3`` (TF-slim's widths, with the stem
-  of the released model: 1x1 80 then 3x3 192 in place of Table 1's 3x3 80 / 3x3/2 192), so its state_dicts
-  load strictly. 299x299 input; three Figure 5 modules (5x5 factorised into two 3x3) at 35x35, five Figure 6
-  modules (7x7 factorised into 1x7 and 7x1) at 17x17, two Figure 7 modules (expanded filter banks) at 8x8, with
-  the grid reductions of Figure 10 between them. One auxiliary classifier on the last 17x17 map (with batch
-  norm, section 7); in training mode with ``aux_logits=True`` the forward returns ``(logits, aux)``.
+  computer vision", arXiv:1512.00567, exactly torchvision's ``inception_v3`` (TF-slim's widths and the
+  released model's stem: 3x3/2 32, 3x3 32, 3x3 64, 3x3/2 max pool, 1x1 80, 3x3 192, 3x3/2 max pool, where
+  Table 1 lists three 3x3 convolutions after the first pool), so its state_dicts load strictly. 299x299 input;
+  three Figure 5 modules (5x5 factorised into two 3x3) at 35x35, five Figure 6 modules (7x7 factorised into 1x7
+  and 7x1) at 17x17, two Figure 7 modules (expanded filter banks) at 8x8, with the grid reductions of Figure 10
+  between them. One auxiliary classifier on the last 17x17 map (batch-normalised, section 4); in training
+  mode with ``aux_logits=True`` the forward returns ``(logits, aux)``.
   27,161,264 parameters (23,834,568 with ``aux_logits=False``). ``transform_input`` defaults to False.
 - ``inception_v4`` and ``inception_resnet_v2``: Szegedy, Ioffe, Vanhoucke & Alemi (2016), "Inception-v4,
   Inception-ResNet and the impact of residual connections on learning", arXiv:1602.07261. Both follow the
   released TF-slim checkpoints as ported by timm (module names too, so timm state_dicts load; BatchNorm eps
   1e-3; 42,679,816 and 55,843,464 parameters). Inception-v4 is the paper's Figures 3-9. Inception-ResNet-v2
   departs from the paper's figures as the released model does: the stem is Inception-v3's plus a mixed 5b
-  module (not Figure 3), and its residual stages are 320/1088/2080 channels wide (the figures' 384/1152/2048 do
-  not match the released weights). Residuals are scaled by 0.17, 0.10 and 0.20 before the addition (section
-  3.3); the last block has no ReLU. Dropout defaults to the paper's 0.2 (keep 0.8).
+  module (not Figure 3), and its residual stages are 320/1088/2080 channels wide (the figures' 384/1154/2048 do
+  not match the released weights). Residuals are scaled down before the addition (section 3.3; TF-slim's
+  0.17, 0.10, 0.20); the last block has no ReLU. Dropout defaults to the paper's 0.2 (keep 0.8).
 
-``small_input=True`` (all four): the first 3x3 convolution becomes stride 1 with padding 1 and the stem's other
-stride-2 steps (max pools, or Inception-v4's stride-2 mixed stem blocks) become stride 1 or go, so that a 32x32
+``small_input=True`` (all four): the first convolution becomes a 3x3 of stride 1 and padding 1 and the stem's
+other stride-2 steps (max pools, or Inception-v4's stride-2 mixed stem blocks) go or become stride 1, so that a 32x32
 image ends in an 8x8 (inception_bn), 6x6 (v3, Inception-ResNet-v2) or 5x5 (v4) map instead of collapsing.
 Inception-v3's auxiliary head then pools adaptively to 5x5 (its 5x5/3 pool would leave a 3x3 map for its
 unpadded 5x5 convolution).
@@ -48,7 +49,7 @@ from torch import nn
 from cnnzoo.errors import UserError
 from cnnzoo.layers import ConvBNAct
 from cnnzoo.models.base import ZooModel
-from cnnzoo.models.googlenet import BasicConv2d
+from cnnzoo.models.googlenet import BasicConv2d, transform_input
 from cnnzoo.registry import Paper, register_model
 
 __all__ = ["BNInception", "Inception3", "InceptionV4", "InceptionResNetV2", "BNInceptionRow", "ReductionFilters"]
@@ -105,7 +106,7 @@ class V3Row(NamedTuple):
     name: str
     block: str  # A: Figure 5, B: grid reduction 35->17, C: Figure 6, D: grid reduction 17->8, E: Figure 7
     in_channels: int
-    width: int  # A: pool projection channels; C: channels inside the factorised 7x7; otherwise unused (0)
+    width: int  # A: pool projection channels; C: channels inside the factorised 7x7; 0 for B, D, E
 
 
 # Inception-v3, Table 1 as released (TF-slim / torchvision): 3 x Figure 5 at 35x35, reduction, 5 x Figure 6 at
@@ -151,7 +152,7 @@ class IRv2Stage(NamedTuple):
     scale: float  # residual scaling, section 3.3
 
 
-# Inception-ResNet-v2, Figure 18 as released: residual stages at 35x35, 17x17 and 8x8; a tenth, unscaled
+# Inception-ResNet-v2, Figure 15 as released: residual stages at 35x35, 17x17 and 8x8; a tenth, unscaled
 # Inception-ResNet-C block without ReLU (timm's block8) follows the last stage.
 IRV2_STAGES: list[IRv2Stage] = [
     IRv2Stage("repeat", "A", 10, 0.17),  # 320 x 35 x 35
@@ -258,7 +259,7 @@ class InceptionA(nn.Module):
 class InceptionB(nn.Module):
     """Grid reduction 35 -> 17 (Figure 10): stride-2 3x3; 1x1 -> 3x3 -> stride-2 3x3; stride-2 max pool."""
 
-    def __init__(self, in_channels: int, width: int = 0):
+    def __init__(self, in_channels: int):
         super().__init__()
         self.branch3x3 = BasicConv2d(in_channels, 384, 3, stride=2)
         self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, 1)
@@ -299,7 +300,7 @@ class InceptionC(nn.Module):
 class InceptionD(nn.Module):
     """Grid reduction 17 -> 8: 1x1 -> stride-2 3x3; 1x1 -> 1x7 -> 7x1 -> stride-2 3x3; stride-2 max pool."""
 
-    def __init__(self, in_channels: int, width: int = 0):
+    def __init__(self, in_channels: int):
         super().__init__()
         self.branch3x3_1 = BasicConv2d(in_channels, 192, 1)
         self.branch3x3_2 = BasicConv2d(192, 320, 3, stride=2)
@@ -318,7 +319,7 @@ class InceptionD(nn.Module):
 class InceptionE(nn.Module):
     """Figure 7 (8x8): 1x1; 1x1 -> (1x3 | 3x1); 1x1 -> 3x3 -> (1x3 | 3x1); average pool -> 1x1."""
 
-    def __init__(self, in_channels: int, width: int = 0):
+    def __init__(self, in_channels: int):
         super().__init__()
         self.branch1x1 = BasicConv2d(in_channels, 320, 1)
         self.branch3x3_1 = BasicConv2d(in_channels, 384, 1)
@@ -343,7 +344,7 @@ V3_BLOCKS = {"A": InceptionA, "B": InceptionB, "C": InceptionC, "D": InceptionD,
 
 
 class InceptionAux(nn.Module):
-    """Inception-v3's auxiliary classifier (section 7): 5x5/3 average pool, 1x1 conv 128, 5x5 conv 768, FC."""
+    """Inception-v3's auxiliary classifier (section 4): 5x5/3 average pool, 1x1 conv 128, 5x5 conv 768, FC."""
 
     def __init__(self, in_channels: int, num_classes: int, small_input: bool = False):
         super().__init__()
@@ -400,7 +401,8 @@ class Inception3(ZooModel):
         self.Conv2d_4a_3x3 = BasicConv2d(80, 192, 3)
         self.maxpool2 = stem_pool()
         for row in V3_MIXED:
-            setattr(self, row.name, V3_BLOCKS[row.block](row.in_channels, row.width))
+            args = (row.in_channels, row.width) if row.width else (row.in_channels,)
+            setattr(self, row.name, V3_BLOCKS[row.block](*args))
             if row.name == "Mixed_6e":  # torchvision registers the head here; keep its state_dict order
                 self.AuxLogits = InceptionAux(768, num_classes, small_input) if aux_logits else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -409,17 +411,10 @@ class Inception3(ZooModel):
         self.num_classes, self.num_features = num_classes, 2048
         self.apply(_init_v3)
 
-    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        # ImageNet mean/std normalisation -> (x - 0.5) / 0.5, the scaling the ported Google weights expect.
-        x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-        x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-        x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-        return torch.cat([x0, x1, x2], 1)
-
     def _trunk(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         aux: list[torch.Tensor] = []
         if self.transform_input:
-            x = self._transform_input(x)
+            x = transform_input(x)
         x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))  # N x 64 x 73 x 73
         x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))  # N x 192 x 35 x 35
         x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))  # N x 288 x 35 x 35
