@@ -56,6 +56,25 @@ EFFICIENTNET_SHAPES = {
     "b7": (64, [32, 48, 80, 160, 224, 384, 640], [4, 7, 7, 10, 10, 13, 4], 2560),
 }
 
+# torchvision's meta["_ops"] (GMACs) at its weights' crop size (B2's is 288, not the paper's 260).
+TORCHVISION_GMACS = {
+    "mobilenet_v2": (224, 0.301),
+    "mobilenet_v3_large": (224, 0.217),
+    "mobilenet_v3_small": (224, 0.057),
+    "shufflenet_v2_x0_5": (224, 0.040),
+    "shufflenet_v2_x1_0": (224, 0.145),
+    "shufflenet_v2_x1_5": (224, 0.296),
+    "shufflenet_v2_x2_0": (224, 0.583),
+    "efficientnet_b0": (224, 0.386),
+    "efficientnet_b1": (240, 0.687),
+    "efficientnet_b2": (288, 1.088),
+    "efficientnet_b3": (300, 1.827),
+    "efficientnet_b4": (380, 4.394),
+    "efficientnet_b5": (456, 10.266),
+    "efficientnet_b6": (528, 19.068),
+    "efficientnet_b7": (600, 37.746),
+}
+
 # ShuffleNet V1, Table 1: complexity in MFLOPs (the paper counts multiply-adds) at 224x224, 1x.
 SHUFFLENET_V1_MMACS = {1: 143, 2: 140, 3: 137, 4: 133, 8: 137}
 
@@ -117,6 +136,12 @@ def test_depthwise_and_grouped_macs():
                 assert row.macs == k * layer.in_channels // layer.groups * out_c * out_h * out_w, row.name
                 checked += 1
     assert checked > 50
+
+
+@pytest.mark.parametrize("name", TORCHVISION_GMACS)
+def test_macs_match_torchvision(name):
+    size, gmacs = TORCHVISION_GMACS[name]
+    assert round(summarize(_meta(name), (3, size, size)).total_macs / 1e9, 3) == gmacs
 
 
 @pytest.mark.parametrize("groups", SHUFFLENET_V1_MMACS)
