@@ -340,15 +340,15 @@ def make_stages(
     """The stages of a residual network, one nn.Sequential of blocks each. Pre-activation networks end the last
     stage with the BN-ReLU that follows the last addition (He et al. 2016, Fig. 1b and sec. 4.1)."""
     total, index, stages = sum(layers), 0, []
-    for width, count, stride in zip(planes, layers, strides):
+    for stage_planes, count, stride in zip(planes, layers, strides):
         blocks = []
         for i in range(count):
             index += 1
             s = stride if i == 0 else 1
-            out_channels = width * block.expansion
+            out_channels = stage_planes * block.expansion
             downsample = make_shortcut(shortcut, in_channels, out_channels, s, block.preact, shortcut_kernel)
             drop_path = drop_path_rate * index / total  # Huang et al. 2016, eq. 4
-            blocks.append(block(in_channels, width, s, downsample, drop_path=drop_path, **block_kwargs))
+            blocks.append(block(in_channels, stage_planes, s, downsample, drop_path=drop_path, **block_kwargs))
             in_channels = out_channels
         stages.append(nn.Sequential(*blocks))
     if block.preact:
