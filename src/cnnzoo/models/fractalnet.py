@@ -11,7 +11,8 @@ convolutions and its deepest column 2^(C-1). There are no residual connections: 
 
 Drop-path (section 3.1), training only: local drop-path drops each input of a join with probability 0.15, keeping
 at least one; global drop-path keeps a single column, the same in every block. As in the paper, each mini-batch is
-global with probability 0.5 and local otherwise. In eval mode every join averages all its inputs.
+global with probability 0.5 and local otherwise. In eval mode every join averages all its inputs. Dropped paths
+are still computed and weighted by zero, so that every parameter gets a gradient and the shapes stay static.
 
 `fractalnet` is the CIFAR network of section 4 with C=4 columns and B=5 blocks (40 layers on its deepest path):
 channels 64, 128, 256, 512, 512, a 2x2 max pool after each block (the last one in the head, so that
@@ -70,30 +71,36 @@ class FractalBlock(nn.Module):
             self.second = FractalBlock(out_channels, out_channels, columns - 1, dropout, p_local)
 
     def paths(self, x: torch.Tensor, column: int) -> list[torch.Tensor]:
-        """The inputs of this fractal's last join, deepest first. column -1 keeps all; c >= 0 only column c."""
-        if column == 0 or not hasattr(self, "first"):
+        """The inputs of this fractal's last join, deepest column first (column j at index C-1-j)."""
+        if not hasattr(self, "first"):
             return [self.conv(x)]
-        inner = column - 1 if column > 0 else -1
-        out = self.second.paths(self.join(self.first.paths(x, inner)), inner)
-        if column < 0:
-            out.append(self.conv(x))
+        # The nested fractals number their columns from this one's column 1; -2 marks a branch that global
+        # drop-path discards further on (column 0 keeps only self.conv), so its joins need no choice.
+        inner = column - 1 if column >= 1 else (-2 if column == 0 else column)
+        out = self.second.paths(self.first(x, inner), inner)
+        out.append(self.conv(x))
         return out
 
-    def join(self, paths: list[torch.Tensor]) -> torch.Tensor:
-        """Element-wise mean; in training, local drop-path drops each input with probability p_local (one stays)."""
-        if self.training and self.p_local > 0 and len(paths) > 1:
-            keep = torch.rand(len(paths)) >= self.p_local  # CPU draws: no device synchronisation
+    def join(self, paths: list[torch.Tensor], column: int = -1) -> torch.Tensor:
+        """Element-wise mean. In training, column -1 is local drop-path (each input dropped with probability
+        p_local, one always kept) and column c >= 0 global drop-path (only column c kept). Dropped inputs get weight
+        0 rather than being skipped, so every parameter still receives a (zero) gradient."""
+        stacked = torch.stack(paths)  # n x N x C x H x W
+        n = len(paths)
+        if not self.training or n == 1 or column == -2 or (column == -1 and self.p_local <= 0):
+            return stacked.mean(0)
+        if column >= 0:
+            keep = torch.zeros(n)
+            keep[n - 1 - column] = 1.0
+        else:
+            keep = (torch.rand(n) >= self.p_local).float()  # CPU draws: no device synchronisation
             if not bool(keep.any()):
-                keep[int(torch.randint(len(paths), (1,)))] = True
-            kept: list[torch.Tensor] = []
-            for i in range(len(paths)):
-                if bool(keep[i]):
-                    kept.append(paths[i])
-            paths = kept
-        return torch.stack(paths).mean(0)
+                keep[int(torch.randint(n, (1,)))] = 1.0
+        weights = (keep / keep.sum()).to(device=stacked.device, dtype=stacked.dtype)
+        return (stacked * weights.view(n, 1, 1, 1, 1)).sum(0)
 
     def forward(self, x: torch.Tensor, column: int = -1) -> torch.Tensor:
-        return self.join(self.paths(x, column))
+        return self.join(self.paths(x, column), column)
 
 
 class FractalStage(nn.Module):
