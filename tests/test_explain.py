@@ -120,8 +120,12 @@ def test_every_method_has_its_documented_shape(trained, tmp_path):
 
 
 def test_target_layer_and_method_choices(trained):
+    import cnnzoo
+    import cnnzoo.explain  # noqa: F401  (binds the submodule on the package: cnnzoo.explain must still be callable)
+
     model, inputs, _, _ = trained
     x = inputs[0]
+    assert cnnzoo.explain(model, x, method="cam").map.shape == (32, 32)
     result = explain(model, x, method="gradcam", target=3, layer="features.0")
     assert result.target == 3 and result.layer == "features.0" and result.raw.shape == (16, 16)
     assert result.target_probability <= result.probability

@@ -120,13 +120,13 @@ def _is_counter(key: str) -> bool:
 
 
 def _class_heads(model: nn.Module) -> dict[str, nn.Linear]:
-    """Parameter names of every Linear whose outputs are the classes (the classifier and auxiliary classifiers)."""
+    """Parameter names of the classifier and of every Linear whose outputs are the classes (auxiliary heads)."""
     return {
         f"{name}.{p}": m
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and m.out_features == model.num_classes
+        if name == model.classifier_path or isinstance(m, nn.Linear) and m.out_features == model.num_classes
         for p in ("weight", "bias")
-        if getattr(m, p) is not None
+        if getattr(m, p, None) is not None
     }
 
 
@@ -224,11 +224,16 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
 def append_classifier(model: ZooModel, num_classes: int) -> None:
     """Keep the model's classifier and put a new ``Linear(old_classes, num_classes)`` on top of it.
 
-    The classifier becomes ``nn.Sequential(old, new)`` at the same path; ``model.classifier_path`` then points at
+    A 1x1 convolution classifier (class maps, as in NiN) gets a 1x1 convolution on top instead, which equals a
+    linear layer on the pooled logits. The classifier becomes ``nn.Sequential(old, new)`` at the same path; ``model.classifier_path`` then points at
     the new layer, so ``get_classifier``/``reset_classifier`` and freezing act on it. ``model.appended_fc`` records
     the class count for the checkpoint (its ``appended_fc`` field)."""
     old = model.get_classifier()
-    new = nn.Linear(old.out_features, num_classes).to(device=old.weight.device, dtype=old.weight.dtype)
+    if isinstance(old, nn.Conv2d):  # a class-map classifier (NiN): a 1x1 conv on the class maps, before pooling
+        new = nn.Conv2d(old.out_channels, num_classes, 1)
+    else:
+        new = nn.Linear(old.out_features, num_classes)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
     parent, _, leaf = model.classifier_path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, nn.Sequential(old, new))
     model.classifier_path = f"{model.classifier_path}.1"
