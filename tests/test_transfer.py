@@ -77,6 +77,12 @@ def test_finetune_changes_exactly_the_trained_part(pretrained, tmp_path, capsys,
     x = torch.randn(2, 1, 16, 16)
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt(x), model.eval()(x))
+    if new_fc:  # --init from a --new-fc run: load_pretrained rebuilds the appended classifier too
+        again = create_model("resnet20", num_classes=5, in_chans=1)
+        report = load_pretrained(again, tmp_path / "last.pt")
+        assert report.appended_fc == 5 and not report.classifier_replaced
+        with torch.inference_mode():
+            torch.testing.assert_close(again.eval()(x), rebuilt(x))
 
 
 def _graph_size(tensor: torch.Tensor) -> int:
@@ -218,3 +224,11 @@ def test_finetune_mode_errors_and_stage_rule():
         "features.c5.weight", "features.c5.bias", "f6.weight", "f6.bias", "fc.weight", "fc.bias"]
     apply_finetune(model, "all")
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_new_fc_on_a_class_map_classifier():
+    """NiN classifies with a 1x1 conv before pooling: the appended layer is a 1x1 conv too."""
+    with torch.device("meta"):
+        nin = apply_finetune(create_model("nin", num_classes=10), "head", new_fc_classes=3)
+        assert nin.eval()(torch.empty(1, 3, 224, 224)).shape == (1, 3)
+    assert [n for n, p in nin.named_parameters() if p.requires_grad] == ["classifier.1.weight", "classifier.1.bias"]

@@ -103,10 +103,9 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     stripped = ""
-    for prefix in PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-            stripped += prefix
+    while prefix := next((p for p in PREFIXES if all(k.startswith(p) for k in state)), None):  # any nesting
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+        stripped += prefix
     return state, stripped
 
 
@@ -120,11 +119,17 @@ def _is_counter(key: str) -> bool:
 
 
 def _class_heads(model: nn.Module) -> dict[str, nn.Linear]:
-    """Parameter names of the classifier and of every Linear whose outputs are the classes (auxiliary heads)."""
+    """Parameter names of the classifier and of the auxiliary heads' Linear layers that output the classes."""
+
+    def is_head(name: str, m: nn.Module) -> bool:
+        if name == model.classifier_path:
+            return True
+        return bool(AUX_RE.match(name)) and isinstance(m, nn.Linear) and m.out_features == model.num_classes
+
     return {
         f"{name}.{p}": m
         for name, m in model.named_modules()
-        if name == model.classifier_path or isinstance(m, nn.Linear) and m.out_features == model.num_classes
+        if is_head(name, m)
         for p in ("weight", "bias")
         if getattr(m, p, None) is not None
     }
