@@ -35,7 +35,10 @@ def _count(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name, kwargs", list(GOLDEN), ids=[n + "".join(f"-{k}={v}" for k, v in kw) for n, kw in GOLDEN])
+IDS = [name + "".join(f"-{k}={v}" for k, v in kwargs) for name, kwargs in GOLDEN]
+
+
+@pytest.mark.parametrize("name, kwargs", list(GOLDEN), ids=IDS)
 def test_parameter_count(name, kwargs):
     assert _count(_meta(name, **dict(kwargs))) == GOLDEN[name, kwargs]
 

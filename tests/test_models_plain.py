@@ -37,7 +37,10 @@ def _meta(name, **kwargs):
         return create_model(name, **kwargs)
 
 
-@pytest.mark.parametrize("name, kwargs", list(GOLDEN), ids=[n + "".join(f"-{k}={v}" for k, v in kw) for n, kw in GOLDEN])
+IDS = [name + "".join(f"-{k}={v}" for k, v in kwargs) for name, kwargs in GOLDEN]
+
+
+@pytest.mark.parametrize("name, kwargs", list(GOLDEN), ids=IDS)
 def test_parameter_count(name, kwargs):
     model = _meta(name, **dict(kwargs))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == GOLDEN[name, kwargs]

@@ -46,8 +46,12 @@ from cnnzoo.registry import Paper, register_model
 
 __all__ = ["ConvRow", "AlexNet", "PAPER_LRN", "alexnet", "alexnet_v1", "alexnet_half", "zfnet"]
 
-ALEXNET = Paper("ImageNet classification with deep convolutional neural networks", "Krizhevsky, Sutskever, Hinton", 2012)
-ONE_WEIRD_TRICK = Paper("One weird trick for parallelizing convolutional neural networks", "Krizhevsky", 2014, "1404.5997")
+ALEXNET = Paper(
+    "ImageNet classification with deep convolutional neural networks", "Krizhevsky, Sutskever, Hinton", 2012
+)
+ONE_WEIRD_TRICK = Paper(
+    "One weird trick for parallelizing convolutional neural networks", "Krizhevsky", 2014, "1404.5997"
+)
 ZFNET = Paper("Visualizing and understanding convolutional networks", "Zeiler, Fergus", 2013, "1311.2901")
 
 # Section 3.3: k=2, n=5, alpha=1e-4, beta=0.75. The paper's formula has no 1/n in front of the sum; PyTorch's

@@ -55,13 +55,13 @@ class DenseNetConfig(NamedTuple):
 
 
 DENSENETS = {
-    #                                       k   layers per block    stem  B  theta  stem
-    "densenet121":        DenseNetConfig(32, (6, 12, 24, 16),   64),
-    "densenet161":        DenseNetConfig(48, (6, 12, 36, 24),   96),
-    "densenet169":        DenseNetConfig(32, (6, 12, 32, 32),   64),
-    "densenet201":        DenseNetConfig(32, (6, 12, 48, 32),   64),
-    "densenet_bc100_k12": DenseNetConfig(12, (16, 16, 16),      24, 4, 0.5,   "cifar"),
-    "densenet40_k12":     DenseNetConfig(12, (12, 12, 12),      16, 0, 1.0,   "cifar"),
+    #                                    k   layers per block  stem  B  theta  stem type
+    "densenet121":        DenseNetConfig(32, (6, 12, 24, 16),  64),
+    "densenet161":        DenseNetConfig(48, (6, 12, 36, 24),  96),
+    "densenet169":        DenseNetConfig(32, (6, 12, 32, 32),  64),
+    "densenet201":        DenseNetConfig(32, (6, 12, 48, 32),  64),
+    "densenet_bc100_k12": DenseNetConfig(12, (16, 16, 16),     24,   4, 0.5,   "cifar"),
+    "densenet40_k12":     DenseNetConfig(12, (12, 12, 12),     16,   0, 1.0,   "cifar"),
 }  # fmt: skip
 
 
@@ -116,9 +116,13 @@ class BottleneckLayer(_DenseLayerBase):
     """DenseNet-B layer, torchvision's _DenseLayer: BN-ReLU-Conv(1x1, bn_size*k)-BN-ReLU-Conv(3x3, k)."""
 
     def __init__(
-        self, in_channels: int, growth_rate: int, bn_size: int = 4, drop_rate: float = 0.0,
+        self,
+        in_channels: int,
+        growth_rate: int,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
         memory_efficient: bool = False,
-    ):  # fmt: skip
+    ):
         super().__init__(drop_rate, memory_efficient)
         width = bn_size * growth_rate
         self.norm1 = nn.BatchNorm2d(in_channels)
@@ -136,9 +140,14 @@ class DenseBlock(nn.ModuleDict):
     """num_layers dense layers (denselayer1, ...); the output concatenates the input and every layer's maps."""
 
     def __init__(
-        self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float,
-        memory_efficient: bool,
-    ):  # fmt: skip
+        self,
+        num_layers: int,
+        in_channels: int,
+        growth_rate: int,
+        bn_size: int,
+        drop_rate: float = 0.0,
+        memory_efficient: bool = False,
+    ):
         super().__init__()
         for i in range(num_layers):
             channels = in_channels + i * growth_rate
