@@ -137,6 +137,8 @@ def test_target_layer_and_method_choices(trained):
         explain(model, x, method="lime")
     with pytest.raises(UserError, match="use gradcam"):
         explain(model, x, method="cam", layer="features.1")
+    with pytest.raises(UserError, match="saliency attributes the input pixels"):
+        explain(model, x, method="saliency", layer="features.1")
 
 
 def test_cam_refuses_networks_without_gap_and_one_linear():

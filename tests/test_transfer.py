@@ -30,7 +30,8 @@ def pretrained(tmp_path_factory):
     """resnet20 (batch norm) trained briefly on 10-class digits at 16x16, and the 5-class task built from them."""
     folder = tmp_path_factory.mktemp("pretrain")
     digits = load_data("digits", input_size=(1, 16, 16), limit=400)
-    fit(build_for_data("resnet20", digits), digits, TrainConfig(epochs=1, batch_size=64, out=str(folder), progress=False))
+    config = TrainConfig(epochs=1, batch_size=64, out=str(folder), progress=False)
+    fit(build_for_data("resnet20", digits), digits, config)
     five = Data("digit-pairs", FIVE, digits.input_size, digits.mean, digits.std, digits.resize_size,
                 _pairs(digits.train), _pairs(digits.val))
     return folder / "last.pt", five

@@ -40,6 +40,7 @@ __all__ = ["METHODS", "Explanation", "explain"]
 METHODS = ("cam", "gradcam", "gradcam++", "saliency", "guided-backprop", "deconvnet", "features")
 LAYER_METHODS = ("cam", "gradcam", "gradcam++")  # a map over the layer's grid, upsampled to the input
 PIXEL_METHODS = ("saliency", "guided-backprop", "deconvnet")  # an attribution of the input's shape
+INPUT_METHODS = ("saliency", "guided-backprop")  # gradients of the class score: no layer to choose
 GRID = 64  # feature maps shown at most by `features`
 
 
@@ -264,10 +265,11 @@ def _strongest(model: nn.Module, x: torch.Tensor, module: nn.Module) -> tuple[in
     return tuple(int(i) for i in np.unravel_index(int(acts.argmax()), tuple(acts.shape)))
 
 
-def _deconvnet(model: nn.Module, x: torch.Tensor, target: int, name: str, module: nn.Module) -> torch.Tensor:
+def _deconvnet(model: nn.Module, x: torch.Tensor, target: int, name: str, module: nn.Module) -> tuple:
     from captum.attr import NeuronDeconvolution
 
-    return NeuronDeconvolution(model, module).attribute(x, neuron_selector=_strongest(model, x, module))[0].detach()
+    neuron = _strongest(model, x, module)
+    return NeuronDeconvolution(model, module).attribute(x, neuron_selector=neuron)[0].detach(), neuron
 
 
 def _features(model: nn.Module, x: torch.Tensor, target: int, name: str, module: nn.Module) -> torch.Tensor:
@@ -306,7 +308,7 @@ def explain(
             preprocessed C x H x W / 1 x C x H x W tensor or array.
         method: one of METHODS.
         target: the class to explain (index or class name); None explains the predicted class.
-        layer: dotted module name; None uses the model's ``cam_layer``. Ignored by saliency and guided-backprop.
+        layer: dotted module name; None uses the model's ``cam_layer``. Saliency and guided-backprop take none.
 
     Raises:
         UserError: unknown method, layer or class; cam on a network that does not end in GAP + linear.
@@ -321,17 +323,21 @@ def explain(
     classes = ckpt.get("classes") or None
     predicted = int(probs.argmax())
     target = _resolve_target(target, predicted, probs.numel(), classes)
-    uses_layer = method not in ("saliency", "guided-backprop")
-    name, module = _resolve_layer(model, layer) if uses_layer else ("", model)
+    if method in INPUT_METHODS:
+        if layer is not None:
+            raise UserError(f"{method} attributes the input pixels; --layer applies to {', '.join(LAYER_METHODS)}, "
+                            "deconvnet and features")
+        name, module = "", model
+    else:
+        name, module = _resolve_layer(model, layer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captum warns on every call that it hooks ReLUs and that input needs grad
-        result = RUNNERS[method](model, x, target, name, module).float().cpu()
-    raw, neuron = None, None
+        result = RUNNERS[method](model, x, target, name, module)
+    result, neuron = result if isinstance(result, tuple) else (result, None)
+    result, raw = result.float().cpu(), None
     if method in LAYER_METHODS:
         raw = result.numpy()
         result = torch.from_numpy(_unit(_upsample(result, tuple(x.shape[2:]))))
-    if method == "deconvnet":
-        neuron = _strongest(model, x, module)
     return Explanation(
         method, result.numpy(), shown, name, target, predicted, float(probs[predicted]), float(probs[target]),
         classes, raw, neuron,
