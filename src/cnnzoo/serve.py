@@ -1,0 +1,492 @@
+"""The HTTP service: FastAPI + uvicorn over one cnnzoo Runtime (checkpoint, .onnx or OpenVINO .xml).
+
+    POST /v1/predict          one image (multipart field "file", or the raw request body) -> top-k classes
+    POST /v1/predict/batch    several images (multipart, any number of file parts up to the limit)
+    POST /v1/explain          the CAM overlay of one image (torch backend, when cnnzoo.explain is installed)
+    GET  /v1/model            name, classes, input size, backend, limits
+    GET  /livez  /readyz  /healthz     process up / model loaded and warmed up / both
+    GET  /                    a small web page: drop an image, see the top-5 classes (and the CAM overlay)
+
+Concurrent requests are micro-batched: the first waiting image opens a batch that closes after ``batch_wait_ms`` or
+at ``max_batch`` images, and runs as one call to ``Runtime.logits`` on a single inference thread; each request
+gets its own row back, equal to the unbatched prediction. Decoding and preprocessing run on a small thread pool,
+so the event loop (and /livez, /readyz) stays responsive while inference is saturated.
+
+Every error is a JSON body ``{"error": {"status", "code", "message"}}``; bad input is always a 4xx, never a 500:
+body too large 413 (Content-Length, or counted while a chunked body streams in), too many pixels 413, format
+outside the allowlist 415, corrupt image 422, too many requests in flight 429 (Retry-After), past the deadline 504.
+Secure defaults: 127.0.0.1, no endpoint loads or fetches a model or URL, optional bearer token (401).
+
+With an .onnx or .xml model nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http
+import importlib.resources
+import importlib.util
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from cnnzoo.errors import UserError
+from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, UnsupportedFormat, open_image, preprocess
+
+__all__ = ["Limits", "create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
+
+log = logging.getLogger("cnnzoo.serve")
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost. Every field is logged at start-up and reported by GET /v1/model."""
+
+    max_body_bytes: int = 10 * MB  # whole request body, multipart framing included (413)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # declared pixel count per image, checked before decoding (413)
+    max_in_flight: int = 64  # predict/explain requests being served at once; beyond: 429 + Retry-After
+    timeout_s: float = 10.0  # deadline of one request from arrival to answer (504)
+    max_images: int = 32  # images in one /v1/predict/batch request (413)
+    batch_wait_ms: float = 2.0  # how long an open micro-batch waits for more images
+    retry_after_s: int = 1  # the Retry-After of a 429
+
+    def describe(self) -> str:
+        return (f"max body {self.max_body_bytes / MB:g} MB, max pixels {self.max_pixels:,}, "
+                f"max in flight {self.max_in_flight}, deadline {self.timeout_s:g} s, "
+                f"max images per batch request {self.max_images}, batch wait {self.batch_wait_ms:g} ms")
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body exceeds the limit of {limit:,} bytes")
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    code = http.HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status, headers=headers)
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse a body larger than the limit from its Content-Length at once, and count the bytes of
+    a body without one (chunked) as they stream in, failing the read with 413 the moment the limit is passed."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return await _error(400, "invalid Content-Length header")(scope, receive, send)
+                if declared > self.max_bytes:
+                    response = _error(413, f"request body of {declared:,} bytes exceeds the limit of "
+                                           f"{self.max_bytes:,} bytes", {"Connection": "close"})
+                    return await response(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+class _Batcher:
+    """Collects single images from concurrent requests into batches for one inference thread."""
+
+    def __init__(self, runtime, max_batch: int, wait_s: float):
+        self.runtime, self.max_batch, self.wait_s = runtime, max(1, int(max_batch)), wait_s
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cnnzoo-infer")
+        self.batches = self.images = 0  # counters for /v1/model and the tests
+
+    async def submit(self, array: np.ndarray) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((array, future))
+        return await future
+
+    async def _collect(self) -> list:
+        loop = asyncio.get_running_loop()
+        items = [await self.queue.get()]
+        closes = loop.time() + self.wait_s
+        while len(items) < self.max_batch:
+            try:
+                items.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = closes - loop.time()
+            if left <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self.queue.get(), left))
+            except TimeoutError:
+                break
+        return [(a, f) for a, f in items if not f.done()]  # requests past their deadline are already answered
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._collect()
+            if not items:
+                continue
+            batch = np.stack([a for a, _ in items])
+            try:
+                logits = await loop.run_in_executor(self.executor, self.runtime.logits, batch)
+                probs = _softmax(np.asarray(logits, dtype=np.float64))
+            except Exception as err:  # a runtime failure fails this batch's requests, not the service
+                log.exception("inference failed on a batch of %d", len(items))
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(RuntimeError(f"inference failed: {type(err).__name__}"))
+                continue
+            self.batches, self.images = self.batches + 1, self.images + len(items)
+            for (_, future), row in zip(items, probs):
+                if not future.done():
+                    future.set_result(row)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _topk(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"class": classes[i], "index": int(i), "probability": float(probs[i])} for i in order]
+
+
+class _Service:
+    """The state behind the app: the runtime (loaded in the background), the batcher, the in-flight count."""
+
+    def __init__(self, model, backend: str, max_batch: int, token: str | None, limits: Limits, topk: int):
+        self.model, self.backend, self.max_batch = model, backend, max_batch
+        self.token, self.limits, self.topk = token, limits, topk
+        self.runtime = None
+        self.ready = threading.Event()  # set once the model is loaded and one warm-up inference passed
+        self.failed: str | None = None
+        self.in_flight = 0
+        self.decoder = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cnnzoo-decode")
+        self.batcher: _Batcher | None = None
+        self.explainer = None
+
+    def load(self) -> None:
+        started = time.perf_counter()
+        try:
+            if isinstance(self.model, (str, os.PathLike)):
+                from cnnzoo.runtime import open_runtime
+
+                self.runtime = open_runtime(self.model, self.backend)
+            else:
+                self.runtime = self.model
+            rt = self.runtime
+            rt.logits(np.zeros((1, *rt.input_size), dtype=np.float32))  # warm-up: first-run allocations, JIT
+            self.explainer = self._explainer()
+            log.info("model %s ready on %s in %.2f s", rt.model_name, rt.backend, time.perf_counter() - started)
+        except Exception as err:
+            self.failed = f"{type(err).__name__}: {err}"
+            log.error("model failed to load: %s", self.failed)
+            raise
+        finally:
+            if self.failed is None and self.runtime is not None:
+                self.ready.set()
+
+    def _explainer(self):
+        # CAM overlays need the torch network itself: offered only on the torch backend, when cnnzoo.explain exists.
+        if getattr(self.runtime, "backend", None) != "torch" or importlib.util.find_spec("cnnzoo.explain") is None:
+            return None
+        if getattr(self.runtime, "model", None) is None:
+            return None
+        return lambda image: _cam_png(self.runtime, image)
+
+    def check_token(self, request: Request) -> None:
+        if self.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), self.token.encode()):
+            raise HTTPException(401, "missing or wrong token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def decode(self, data: bytes, name: str) -> np.ndarray:
+        rt = self.runtime
+        if not data:
+            raise ImageError(f"{name}: empty upload")
+        image = open_image(data, channels=int(rt.input_size[0]), max_pixels=self.limits.max_pixels, name=name)
+        return preprocess(image, rt.input_size, rt.mean, rt.std, rt.resize_size)
+
+    async def predict(self, uploads: list[tuple[str, bytes]], k: int) -> list[list[dict]]:
+        loop = asyncio.get_running_loop()
+        arrays = await asyncio.gather(*(loop.run_in_executor(self.decoder, self.decode, d, n) for n, d in uploads))
+        rows = await asyncio.gather(*(self.batcher.submit(a) for a in arrays))
+        return [_topk(row, self.runtime.classes, k) for row in rows]
+
+
+def _cam_png(runtime, image) -> str:
+    """The class activation map of the top class blended over the network's input, as a data: URL.
+
+    CAM proper for networks ending in global average pooling + one linear layer, Grad-CAM for the others."""
+    import io
+
+    from PIL import Image
+
+    from cnnzoo.explain import explain
+
+    array = runtime.preprocess(image)
+    try:
+        result = explain(runtime.model, array, method="cam")
+    except UserError:  # not a GAP + linear head
+        result = explain(runtime.model, array, method="gradcam")
+    shown = np.clip(result.image, 0, 1)
+    shown = np.repeat(shown, 3, axis=2) if shown.shape[2] == 1 else shown
+    heat = np.clip(result.heatmap, 0, 1)[..., None]
+    colour = np.concatenate([heat, np.zeros_like(heat), 1.0 - heat], 2)  # red where the network looks, blue elsewhere
+    blended = Image.fromarray((255 * (0.55 * shown + 0.45 * colour)).astype(np.uint8))
+    side = max(blended.size)
+    if side < 224:  # small inputs (32 x 32) are shown enlarged
+        scale = 224 / side
+        blended = blended.resize((round(blended.width * scale), round(blended.height * scale)), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    blended.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+_IMAGE_STATUS = ((ImageTooLarge, 413), (UnsupportedFormat, 415), (ImageError, 422), (UserError, 400))
+
+
+async def _read_uploads(request: Request, limits: Limits, many: bool) -> list[tuple[str, bytes]]:
+    """The image(s) of a request: multipart file parts, or (single image) the raw body."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=limits.max_images if many else 1, max_fields=16)
+        uploads = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        await form.close()
+        if not uploads:
+            raise HTTPException(422, "the multipart form has no file part (send the image as field 'file')")
+    elif many:
+        raise HTTPException(415, "send several images as multipart/form-data file parts (field 'files')")
+    else:
+        uploads = [("<request body>", await request.body())]
+    if len(uploads) > limits.max_images:
+        raise HTTPException(413, f"{len(uploads)} images in one request exceeds the limit of {limits.max_images}")
+    return uploads
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):  # a bug of ours: logged, never shown
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal server error")
+
+
+def create_app(
+    model,
+    backend: str = "auto",
+    max_batch: int = 16,
+    token: str | None = None,
+    limits: Limits | None = None,
+    topk: int = 5,
+) -> FastAPI:
+    """The service as an ASGI app.
+
+    Args:
+        model: a checkpoint, .onnx or .xml path (opened with cnnzoo.runtime.open_runtime at start-up, in the
+            background: /livez answers at once, /readyz once it is loaded and warmed up), or a Runtime object.
+        backend: "auto", "torch", "onnxruntime" or "openvino".
+        max_batch: the most images one inference call batches together.
+        token: when set, /v1/* needs ``Authorization: Bearer <token>`` (401 otherwise).
+        limits: request limits (defaults: Limits()).
+        topk: classes returned when a request does not ask (?topk=N).
+    """
+    limits = limits or Limits()
+    service = _Service(model, backend, max_batch, token, limits, topk)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        loading = loop.run_in_executor(None, service.load)
+        loading.add_done_callback(lambda f: f.exception())  # the failure is logged and served by /readyz
+        service.batcher = _Batcher(_LazyRuntime(service), max_batch, limits.batch_wait_ms / 1000)
+        worker = asyncio.create_task(service.batcher.run())
+        try:
+            yield
+        finally:
+            worker.cancel()
+            service.decoder.shutdown(wait=False, cancel_futures=True)
+            service.batcher.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="cnnzoo", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    _handlers(app)
+    page = importlib.resources.files("cnnzoo").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def require_ready() -> None:
+        if not service.ready.is_set():
+            raise HTTPException(503, service.failed or "the model is still loading", headers={"Retry-After": "1"})
+
+    async def guarded(request: Request, work):
+        service.check_token(request)
+        require_ready()
+        if service.in_flight >= limits.max_in_flight:
+            raise HTTPException(429, f"more than {limits.max_in_flight} requests in flight; retry shortly",
+                                headers={"Retry-After": str(limits.retry_after_s)})
+        service.in_flight += 1
+        try:
+            async with asyncio.timeout(limits.timeout_s):
+                return await work()
+        except TimeoutError:
+            raise HTTPException(504, f"no answer within the deadline of {limits.timeout_s:g} s") from None
+        except tuple(cls for cls, _ in _IMAGE_STATUS) as err:
+            status = next(code for cls, code in _IMAGE_STATUS if isinstance(err, cls))
+            raise HTTPException(status, str(err)) from None
+        finally:
+            service.in_flight -= 1
+
+    def check_k(k: int | None) -> int:
+        k = service.topk if k is None else k
+        if not 1 <= k <= len(service.runtime.classes):
+            raise HTTPException(422, f"topk must lie in 1..{len(service.runtime.classes)}")
+        return k
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, topk: int | None = None):
+        async def work():
+            uploads = await _read_uploads(request, limits, many=False)
+            (result,) = await service.predict(uploads, check_k(topk))
+            return {"model": service.runtime.model_name, "backend": service.runtime.backend, "predictions": result}
+
+        return await guarded(request, work)
+
+    @app.post("/v1/predict/batch")
+    async def predict_batch(request: Request, topk: int | None = None):
+        async def work():
+            uploads = await _read_uploads(request, limits, many=True)
+            results = await service.predict(uploads, check_k(topk))
+            return {"model": service.runtime.model_name, "backend": service.runtime.backend,
+                    "results": [{"filename": n, "predictions": r} for (n, _), r in zip(uploads, results)]}
+
+        return await guarded(request, work)
+
+    @app.post("/v1/explain")
+    async def explain(request: Request):
+        async def work():
+            if service.explainer is None:
+                raise HTTPException(404, "explanations need the torch backend and cnnzoo.explain")
+            ((name, data),) = await _read_uploads(request, limits, many=False)
+            rt = service.runtime
+            image = open_image(data, channels=int(rt.input_size[0]), max_pixels=limits.max_pixels, name=name)
+            # on the inference thread: explanations hook the same network the batches run through
+            overlay = await asyncio.get_running_loop().run_in_executor(service.batcher.executor, service.explainer,
+                                                                       image)
+            return {"model": rt.model_name, "overlay": overlay}
+
+        return await guarded(request, work)
+
+    @app.get("/v1/model")
+    async def model_card(request: Request):
+        service.check_token(request)
+        require_ready()
+        rt = service.runtime
+        return {"name": rt.model_name, "backend": rt.backend, "classes": list(rt.classes),
+                "num_classes": len(rt.classes), "input_size": list(rt.input_size), "mean": list(rt.mean),
+                "std": list(rt.std), "resize_size": rt.resize_size, "max_batch": max_batch,
+                "explain": service.explainer is not None, "limits": asdict(limits),
+                "batches": service.batcher.batches, "images": service.batcher.images}
+
+    @app.get("/livez")
+    async def livez():
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not service.ready.is_set():
+            return _error(503, service.failed or "the model is still loading", {"Retry-After": "1"})
+        return {"status": "ready", "model": service.runtime.model_name, "backend": service.runtime.backend}
+
+    @app.get("/healthz")
+    async def healthz():
+        return await readyz()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                                                      "style-src 'self' 'unsafe-inline'; "
+                                                                      "script-src 'self' 'unsafe-inline'"})
+
+    return app
+
+
+class _LazyRuntime:
+    """The batcher starts before the model has loaded; requests only reach it once service.ready is set."""
+
+    def __init__(self, service: _Service):
+        self.service = service
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.service.runtime.logits(batch)
+
+
+def serve(
+    model: str | Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    backend: str = "auto",
+    max_batch: int = 16,
+    token: str | None = None,
+    limits: Limits | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the service with uvicorn until interrupted; the effective limits are logged first."""
+    import uvicorn
+
+    if not Path(model).exists():
+        raise UserError(f"no such model file: {model}")
+    limits = limits or Limits()
+    if not math.isfinite(limits.timeout_s) or limits.timeout_s <= 0:
+        raise UserError("the deadline must be a positive number of seconds")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("cnnzoo serve %s on http://%s:%d (backend %s, max batch %d, token %s)", model, host, port, backend,
+             max_batch, "required" if token else "off")
+    log.info("limits: %s", limits.describe())
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable from other machines%s", host, "" if token else " without a token")
+    app = create_app(model, backend=backend, max_batch=max_batch, token=token, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
