@@ -83,7 +83,8 @@ def test_cam_concentrates_on_strokes(trained):
         cam = explain(model, x, method="cam").map
         stroke = (raw[0] > 0.5).numpy()
         ratios.append(cam[stroke].mean() / max(cam[border.numpy()].mean(), 1e-6))
-    print(f"held-out accuracy {accuracy:.2f}; CAM stroke/border ratio mean {np.mean(ratios):.2f} min {min(ratios):.2f}")
+    print(f"held-out accuracy {accuracy:.2f}; CAM stroke/border ratio median {np.median(ratios):.2f} "
+          f"mean {np.mean(ratios):.2f} min {min(ratios):.2f}")
     assert accuracy > 0.5
     assert np.median(ratios) > 2.0
 
