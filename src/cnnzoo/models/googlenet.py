@@ -44,7 +44,7 @@ from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
 __all__ = ["GoogLeNet", "Inception", "InceptionAux", "BasicConv2d", "InceptionRow", "GOOGLENET_STAGES",
-           "transform_input"]
+           "transform_input", "init_kaiming"]
 
 GOOGLENET = Paper("Going deeper with convolutions", "Szegedy, Liu, Jia, Sermanet, Reed, Anguelov, Erhan, "
                   "Vanhoucke, Rabinovich", 2014, "1409.4842")
@@ -225,7 +225,7 @@ class GoogLeNet(ZooModel):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
         self.num_classes, self.num_features = num_classes, channels
-        self.apply(_init_caffe_xavier if paper_exact else _init_truncated_normal)
+        self.apply(_init_caffe_xavier if paper_exact else init_kaiming)
 
     def _trunk(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         aux: list[torch.Tensor] = []
@@ -270,14 +270,22 @@ class GoogLeNet(ZooModel):
                 aux.fc2 = nn.Linear(aux.fc2.in_features, num_classes).to(aux.fc2.weight.device)
 
 
-def _init_truncated_normal(m: nn.Module) -> None:
-    # torchvision's init for googlenet (std 0.01, clipped to +-2).
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
+def init_kaiming(m: nn.Module) -> None:
+    """He-normal convolutions (fan_in: the forward signal keeps its scale), unit BatchNorm, N(0, 0.01) linear
+    layers; used with ``Module.apply``.
+
+    Not torchvision's truncated normal (std 0.01 for GoogLeNet, 0.1 for Inception-v3): with BatchNorm's initial
+    running statistics that makes an untrained network's eval-mode outputs vanish (~1e-19) or explode (~1e12),
+    which breaks export checks and explanations of freshly built models. Loaded weights replace it anyway."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, 0.0, 0.01)
         nn.init.zeros_(m.bias)
 
 

@@ -49,7 +49,7 @@ from torch import nn
 from cnnzoo.errors import UserError
 from cnnzoo.layers import ConvBNAct
 from cnnzoo.models.base import ZooModel
-from cnnzoo.models.googlenet import BasicConv2d, transform_input
+from cnnzoo.models.googlenet import BasicConv2d, init_kaiming, transform_input
 from cnnzoo.registry import Paper, register_model
 
 __all__ = ["BNInception", "Inception3", "InceptionV4", "InceptionResNetV2", "BNInceptionRow", "ReductionFilters"]
@@ -220,7 +220,7 @@ class BNInception(ZooModel):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
         self.num_classes, self.num_features = num_classes, channels
-        self.apply(_init_kaiming)
+        self.apply(init_kaiming)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))  # N x 192 x 28 x 28
@@ -409,7 +409,7 @@ class Inception3(ZooModel):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(2048, num_classes)
         self.num_classes, self.num_features = num_classes, 2048
-        self.apply(_init_v3)
+        self.apply(init_kaiming)
 
     def _trunk(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         aux: list[torch.Tensor] = []
@@ -620,6 +620,7 @@ class InceptionV4(ZooModel):
         self.head_drop = nn.Dropout(dropout)
         self.last_linear = nn.Linear(1536, num_classes)
         self.num_classes, self.num_features = num_classes, 1536
+        self.apply(init_kaiming)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -758,6 +759,7 @@ class InceptionResNetV2(ZooModel):
         self.head_drop = nn.Dropout(dropout)
         self.classif = nn.Linear(1536, num_classes)
         self.num_classes, self.num_features = num_classes, 1536
+        self.apply(init_kaiming)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool_3a(self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x))))  # N x 64 x 73 x 73
@@ -769,31 +771,6 @@ class InceptionResNetV2(ZooModel):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classif(self.head_drop(torch.flatten(self.global_pool(x), 1)))
-
-
-def _init_kaiming(m: nn.Module) -> None:
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, 0, 0.01)
-        nn.init.zeros_(m.bias)
-
-
-def _init_v3(m: nn.Module) -> None:
-    # torchvision's init: truncated normal, std 0.1 (0.001 for the auxiliary FC, marked by torchvision's
-    # `stddev` attribute; its mark on the aux 5x5 conv sits on the wrapper and never takes effect).
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(m.weight, mean=0.0, std=0.1, a=-2, b=2)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, InceptionAux):
-        nn.init.trunc_normal_(m.fc.weight, mean=0.0, std=0.001, a=-2, b=2)
 
 
 @register_model("Inception", BATCHNORM, small_input=True)
