@@ -8,8 +8,8 @@ the same model at the same size. 32x32 runs use ``small_input=True`` (stride-1 s
     OMP_NUM_THREADS=1 python benchmarks/memory_format.py --quick
     python benchmarks/memory_format.py --device cuda --sizes 224
 
-Throughput depends on the thread count (set OMP_NUM_THREADS) and on other load on the machine; each figure is
-the fastest of a few iterations, the least disturbed by that load.
+Throughput depends on the thread count (set OMP_NUM_THREADS). Each figure is the fastest of a few iterations;
+with one CPU thread they are timed in process CPU time, so that other load on a shared machine does not count.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: torch.device):
+    # Single-threaded on CPU, the process's CPU time is the time the work took however busy the machine is;
+    # otherwise (several threads, or a GPU) only wall time is meaningful.
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+
 def throughput(model: nn.Module, x: torch.Tensor, backward: bool, bf16: bool, warmup: int, iters: int) -> float:
     """Images per second of forward (eval, inference mode) or forward+backward (train mode), from the fastest
     of `iters` timed iterations after `warmup` untimed ones."""
@@ -51,13 +57,14 @@ def throughput(model: nn.Module, x: torch.Tensor, backward: bool, bf16: bool, wa
 
     for _ in range(warmup):
         step()
+    clock = _clock(x.device)
     times = []
     for _ in range(iters):
         _sync(x.device)
-        start = time.perf_counter()
+        start = clock()
         step()
         _sync(x.device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return x.shape[0] / min(times)  # the fastest iteration: the least disturbed by other load on the machine
 
 
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     schedule = QUICK if args.quick else FULL
     device = torch.device(args.device)
     mode = "quick" if args.quick else "full"
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {mode} run")
+    clock = "process CPU time" if _clock(device) is time.process_time else "wall time"
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {mode} run, {clock}")
     rows = []
     for name in names:
         for size in args.sizes:
