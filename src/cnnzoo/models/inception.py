@@ -14,10 +14,11 @@
   computer vision", arXiv:1512.00567, exactly torchvision's ``inception_v3`` (TF-slim's widths and the
   released model's stem: 3x3/2 32, 3x3 32, 3x3 64, 3x3/2 max pool, 1x1 80, 3x3 192, 3x3/2 max pool, where
   Table 1 lists three 3x3 convolutions after the first pool), so its state_dicts load strictly. 299x299 input;
-  three Figure 5 modules (5x5 factorised into two 3x3) at 35x35, five Figure 6 modules (7x7 factorised into 1x7
-  and 7x1) at 17x17, two Figure 7 modules (expanded filter banks) at 8x8, with the grid reductions of Figure 10
-  between them. One auxiliary classifier on the last 17x17 map (batch-normalised, section 4); in training
-  mode with ``aux_logits=True`` the forward returns ``(logits, aux)``.
+  three Figure 5 modules (5x5 factorised into two 3x3; the released model keeps a 5x5 branch beside them) at
+  35x35, five Figure 6 modules (7x7 factorised into 1x7 and 7x1) at 17x17, two Figure 7 modules (expanded
+  filter banks) at 8x8, with the grid reductions of Figure 10 between them. One auxiliary classifier on the
+  last 17x17 map (batch-normalised, section 4); in training mode with ``aux_logits=True`` the forward returns
+  ``(logits, aux)``.
   27,161,264 parameters (23,834,568 with ``aux_logits=False``). ``transform_input`` defaults to False.
 - ``inception_v4`` and ``inception_resnet_v2``: Szegedy, Ioffe, Vanhoucke & Alemi (2016), "Inception-v4,
   Inception-ResNet and the impact of residual connections on learning", arXiv:1602.07261. Both follow the
@@ -237,7 +238,7 @@ class BNInception(ZooModel):
 
 
 class InceptionA(nn.Module):
-    """Figure 5 (35x35): 1x1; 1x1 -> 5x5; 1x1 -> 3x3 -> 3x3; 3x3 average pool -> 1x1."""
+    """Figure 5 as released (35x35): 1x1; 1x1 -> 5x5; 1x1 -> 3x3 -> 3x3; 3x3 average pool -> 1x1."""
 
     def __init__(self, in_channels: int, pool_features: int):
         super().__init__()
