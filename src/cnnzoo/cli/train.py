@@ -1,0 +1,183 @@
+"""`cnnzoo train | evaluate | split-data | baseline | demo`: thin handlers over cnnzoo.train, cnnzoo.evaluate,
+cnnzoo.data, cnnzoo.baseline and cnnzoo.demo. torch is imported only when a handler runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "fake")  # = cnnzoo.data's
+
+
+def _size(text: str) -> tuple[int, ...]:
+    parts = tuple(int(p) for p in text.replace("x", ",").split(",") if p)
+    if len(parts) == 1:
+        return parts * 2
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"--input-size takes H, HxW or C,H,W; got {text!r}")
+    return parts
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", choices=DATASETS, required=required, default=None, help="dataset")
+    p.add_argument("--data-dir", help="folder or archive of the dataset (imagefolder: holds train/ and val/)")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR/MNIST into --data-dir (needs the network)")
+    p.add_argument("--limit", type=int, help="at most this many images per split (a fixed random subset)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="registered model name (omit with --resume)")
+    _data_args(p, required=False)
+    p.add_argument("--input-size", type=_size, help="H, HxW or C,H,W (default: the dataset's / the model's)")
+    p.add_argument("--strict-data", action="store_true", help="an unreadable image is an error, not a warning")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of --data fake")
+    g = p.add_argument_group("optimisation (defaults: the model family's)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="per process")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--opt", help="sgd, momentum, adagrad, rmsprop, adam, adamw")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--nesterov", action="store_true", default=None)
+    g.add_argument("--sched", help="constant, step, multistep, cosine, onecycle")
+    g.add_argument("--warmup", type=float, help="epochs of linear warmup")
+    g.add_argument("--step-size", type=int, help="epochs between step decays")
+    g.add_argument("--milestones", type=lambda s: [int(v) for v in s.split(",")], help="multistep epochs, e.g. 30,60")
+    g.add_argument("--gamma", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--aux-weight", type=float, help="auxiliary-head loss weight (GoogLeNet/Inception)")
+    g = p.add_argument_group("model and run")
+    g.add_argument("--small-input", action="store_true", default=None, help="3x3 stride-1 stem for 32x32 images")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    g.add_argument("--amp-dtype", choices=("float16", "bfloat16"))
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--deterministic", action="store_true", default=None, help="bit-exact reruns and resumes on CPU")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    g.add_argument("--workers", type=int, help="DataLoader workers (imagefolder)")
+    g.add_argument("--out", help="run folder (default runs/MODEL-DATA[-N])")
+    g.add_argument("--resume", help="run folder or checkpoint to continue exactly")
+    g.add_argument("--keep-last", type=int, help="previous last.pt versions kept as fallbacks (default 1)")
+    g.add_argument("--max-steps", type=int, help="stop resumably after this many optimizer steps")
+    g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under torchrun (CUDA)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    g = p.add_argument_group("transfer learning")
+    g.add_argument("--init", help="initial weights: cnnzoo checkpoint or torchvision/timm state_dict")
+    g.add_argument("--finetune", help="all | last:N | head")
+    g.add_argument("--new-fc", action="store_true", default=None, help="append a new classifier on the old one")
+    g.add_argument("--lr-backbone", type=float, help="learning rate of everything but the classifier")
+
+
+def _plan(args: argparse.Namespace):
+    """(model, data, config) from the flags; with --resume, from the checkpoint's record, flags overriding it."""
+    import dataclasses
+
+    from cnnzoo.data import load_data
+    from cnnzoo.errors import UserError
+    from cnnzoo.registry import model_info
+    from cnnzoo.train import TrainConfig, build_for_data, resume_plan
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None)
+             is not None}
+    data_flags = {k: v for k, v in dict(data_dir=args.data_dir, limit=args.limit, input_size=args.input_size).items()
+                  if v is not None}
+    if args.resume:
+        name, model_kwargs, data_options, config = resume_plan(args.resume)
+        if args.model and args.model != name:
+            raise UserError(f"{args.resume} is a {name} run, not {args.model}")
+        config = dataclasses.replace(config, **flags)
+        data_options = dict(data_options, **data_flags)
+    else:
+        if not args.model or not args.data:
+            raise UserError("train needs MODEL and --data (or --resume RUN)")
+        name, model_kwargs, config = args.model, {}, TrainConfig(**flags)
+        data_options = dict(name=args.data, num_classes=args.num_classes, **data_flags)
+    data = load_data(data_options.pop("name"), default_input_size=model_info(name).input_size, download=args.download,
+                     strict=args.strict_data, **data_options)
+    extra = {k: v for k, v in model_kwargs.items() if k not in ("num_classes", "in_chans", "small_input")}
+    model = build_for_data(name, data, small_input=config.small_input or model_kwargs.get("small_input", False),
+                           **extra)
+    return model, data, config
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cnnzoo.train import fit
+
+    history = fit(*_plan(args))
+    if history.run_dir is not None:
+        print(f"run folder: {history.run_dir}  (best val top-1 {history.best_metric:.4f}; curves.png, last.pt, "
+              "best.pt)")
+    return 130 if history.stop_reason == "signal" else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnzoo.evaluate import evaluate
+
+    report = evaluate(args.checkpoint, split=args.split, batch_size=args.batch_size, device=args.device,
+                      name=args.data, data_dir=args.data_dir, limit=args.limit, download=args.download or None)
+    folder = Path(args.out) if args.out else Path(args.checkpoint).with_suffix("").parent / f"eval-{args.split}"
+    paths = report.write(folder)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else f"{report.table()}\n\nwrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from cnnzoo.data import split_data
+
+    counts = split_data(args.src, args.dst, val=args.val, seed=args.seed)
+    print(f"{args.dst}: {counts['train']} train, {counts['val']} val images; class_indices.json written")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from cnnzoo.baseline import svm_baseline
+    from cnnzoo.data import load_data
+
+    data = load_data(args.data, args.data_dir, download=args.download, limit=args.limit,
+                     input_size=args.input_size, default_input_size=(3, 32, 32))
+    print(svm_baseline(data, features=args.features))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cnnzoo.demo import run_demo
+
+    result = run_demo(out=args.out, epochs=args.epochs)
+    return 0 if result.cnn_accuracy >= result.svm_accuracy else 1
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on a dataset", description=__doc__)
+    _train_args(p)
+    p.set_defaults(handler=_cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="top-1/top-5, per-class scores, confusion matrix of a checkpoint")
+    p.add_argument("checkpoint")
+    _data_args(p, required=False)
+    p.add_argument("--split", choices=("val", "train"), default="val")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device")
+    p.add_argument("--out", help="folder for confusion.csv/.png, misclassified.csv, eval.json")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = subparsers.add_parser("split-data", help="split a class-per-folder tree into train/ and val/")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--val", type=float, default=0.2, help="fraction of each class for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_cmd_split)
+
+    p = subparsers.add_parser("baseline", help="RBF SVM on raw pixels or CNN features, on the CNN's split")
+    p.add_argument("method", choices=("svm",))
+    _data_args(p, required=True)
+    p.add_argument("--input-size", type=_size)
+    p.add_argument("--features", metavar="CKPT", help="use the pooled features of this trained CNN")
+    p.set_defaults(handler=_cmd_baseline)
+
+    p = subparsers.add_parser("demo", help="the main job: lenet5 on digits vs an SVM, then predict a few digits")
+    p.add_argument("--out", help="run folder (default runs/demo[-N])")
+    p.add_argument("--epochs", type=int, help="override the default epochs")
+    p.set_defaults(handler=_cmd_demo)

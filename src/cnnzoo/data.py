@@ -1,0 +1,545 @@
+"""Datasets for training and evaluation: digits, CIFAR-10/100, MNIST, Fashion-MNIST, ImageFolder and fake data.
+
+Small datasets are held in memory as one uint8 tensor (N x C x H x W) and augmented in whole batches on the
+device (random crop with padding, horizontal flip where it makes sense, normalisation), as airbench does: no
+per-image decoding, no worker processes. ImageFolder trees go through a DataLoader with workers, decoded by
+cnnzoo.images (the loader predict and serve use), with RandomResizedCrop + flip for training and the
+checkpoint's resize + centre crop for evaluation.
+
+Every random choice of the data pipeline (epoch order, crops, flips) is derived from (seed, epoch, batch or
+sample index) rather than drawn from a running generator, so a run resumed in the middle of an epoch sees
+exactly the batches the uninterrupted run would have seen, without replaying anything.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import pickle
+import shutil
+import sys
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnzoo.errors import UserError
+
+__all__ = ["DATASETS", "Data", "TensorSplit", "FolderSplit", "load_data", "split_data", "mix_seed"]
+
+DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "fake")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CROP_FRACTION = 0.875  # ImageFolder eval: resize the shorter side to H / 0.875 (224 -> 256), centre crop H
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (seed, epoch, batch, rank); neighbours give unrelated streams."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------------------------- splits
+@dataclass
+class TensorSplit:
+    """An in-memory split: uint8 images N x C x H x W, int64 labels, and how training augments it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str  # names samples in reports: "digits[val]#12"
+    pad: int = 0  # random-crop padding in pixels (0: no crop)
+    flip: bool = False  # random horizontal flip (not for digits)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def name(self, index: int) -> str:
+        return f"{self.source}#{index}"
+
+
+@dataclass
+class FolderSplit:
+    """One split of an ImageFolder tree: (path, label) pairs of images that decoded."""
+
+    samples: list[tuple[str, int]]
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def name(self, index: int) -> str:
+        return self.samples[index][0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
+
+@dataclass
+class Data:
+    """A dataset ready for training: two splits, the class names and the preprocessing a checkpoint records."""
+
+    name: str
+    classes: list[str]
+    input_size: tuple[int, int, int]  # (C, H, W) the model sees
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize_size: int  # eval preprocessing of raw images: shorter side to this, then centre crop H x W
+    train: TensorSplit | FolderSplit
+    val: TensorSplit | FolderSplit
+    options: dict = field(default_factory=dict)  # the load_data arguments, kept in config.json and checkpoints
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def check_classes(self, classes: list[str], what: str = "the checkpoint") -> None:
+        """Refuse a dataset whose class list differs from a checkpoint's (a silent mislabelling otherwise)."""
+        if list(classes) != list(self.classes):
+            diff = sorted(set(classes) ^ set(self.classes))[:5]
+            detail = f" (differ: {', '.join(diff)})" if diff else " (same names, different order)"
+            raise UserError(f"{self.name} has {len(self.classes)} classes, {what} has {len(classes)}{detail}")
+
+    def loader(self, split: str, batch_size: int, *, train: bool, seed: int = 0, device: str | torch.device = "cpu",
+               rank: int = 0, world: int = 1, workers: int = 2) -> TensorLoader | FolderLoader:
+        """Batches of one split for this process: shuffled and augmented when ``train``, else in order, sharded
+        across ``world`` processes (evaluation shards are disjoint and cover the split exactly once)."""
+        part = getattr(self, split)
+        if batch_size < 1:
+            raise UserError(f"batch size must be positive, got {batch_size}")
+        if train and batch_size > len(part):
+            raise UserError(f"batch size {batch_size} is larger than the {split} set ({len(part)} images)")
+        cls = TensorLoader if isinstance(part, TensorSplit) else FolderLoader
+        return cls(self, part, batch_size, train=train, seed=seed, device=device, rank=rank, world=world,
+                   workers=workers)
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+def _shard(n: int, train: bool, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's sample order. Training: a (seed, epoch) permutation padded to a multiple of world, as
+    DistributedSampler does (ranks must take the same number of steps). Evaluation: rank::world, no padding."""
+    if not train:
+        return torch.arange(rank, n, world)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
+    total = math.ceil(n / world) * world
+    order = torch.cat([order, order[: total - n]])
+    return order[rank::world]
+
+
+def _batch_bounds(count: int, batch_size: int, train: bool) -> list[tuple[int, int]]:
+    bounds = [(i, min(i + batch_size, count)) for i in range(0, count, batch_size)]
+    if train and bounds and bounds[-1][1] - bounds[-1][0] == 1 and len(bounds) > 1:
+        bounds.pop()  # batch norm cannot train on a batch of one
+    return bounds
+
+
+class TensorLoader:
+    """Batches of an in-memory split, augmented on the device: yields (images float N x C x H x W, labels, indices)."""
+
+    def __init__(self, data: Data, split: TensorSplit, batch_size: int, *, train: bool, seed: int, device, rank: int,
+                 world: int, workers: int = 0):
+        self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
+        self.rank, self.world, self.device = rank, world, torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.input_size = data.input_size
+        c = split.images.shape[1]
+        self.mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1)[:, :c]
+        self.std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1)[:, :c]
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order = _shard(len(self.split), self.train, self.seed, epoch, self.rank, self.world)
+        self.bounds = _batch_bounds(len(self.order), self.batch_size, self.train)
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(b - a for a, b in self.bounds)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return self.iterate(0)
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches from batch number ``start`` of the current epoch (a resumed epoch skips what it has seen)."""
+        for b in range(start, len(self.bounds)):
+            lo, hi = self.bounds[b]
+            idx = self.order[lo:hi].to(self.device)
+            x = self.images[idx]
+            if self.train:
+                x = self._augment(x, torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, b, self.rank)))
+            yield self._normalise(x), self.labels[idx], idx
+
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        p = self.split.pad
+        if p:
+            # Random crop with zero padding, all images at once: gather shifted row/column windows.
+            padded = F.pad(x, (p, p, p, p))
+            dy, dx = (torch.randint(0, 2 * p + 1, (2, n), generator=gen)).to(x.device)
+            rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            batch = torch.arange(n, device=x.device)[:, None, None, None]
+            chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            x = padded[batch, chans, rows, cols]
+        if self.split.flip:
+            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+            x = torch.where(flip, x.flip(3), x)
+        return x
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float().div_(255) - self.mean) / self.std
+        c, h, w = self.input_size
+        if x.shape[1] != c:  # grey data into a 3-channel net (or the reverse): repeat / average channels
+            x = x.expand(-1, c, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        return x.contiguous()
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    """Items are (index, sample seed or None): the seed makes each training crop a function of (seed, epoch, index)."""
+
+    def __init__(self, data: Data, split: FolderSplit, train: bool):
+        self.samples, self.train = split.samples, train
+        self.input_size, self.mean, self.std, self.resize_size = data.input_size, data.mean, data.std, data.resize_size
+        if train:
+            from torchvision.transforms import v2
+
+            self.transform = v2.Compose([
+                v2.ToImage(), v2.RandomResizedCrop(self.input_size[1:], antialias=True), v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std)),
+            ])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: tuple[int, int | None]):
+        from cnnzoo.images import open_image, preprocess
+
+        index, seed = item
+        path, label = self.samples[index]
+        image = open_image(path, channels=self.input_size[0])
+        if self.train:
+            with torch.random.fork_rng(devices=[]):  # never disturb the main process's generator
+                torch.manual_seed(seed)
+                x = self.transform(image)
+        else:
+            x = torch.from_numpy(preprocess(image, self.input_size, self.mean, self.std, self.resize_size))
+        return x, label, index
+
+
+class _SeededSampler(torch.utils.data.Sampler):
+    def __init__(self, loader: FolderLoader, start: int):
+        self.loader, self.start = loader, start
+
+    def __iter__(self):
+        ld = self.loader
+        for b in range(self.start, len(ld.bounds)):
+            lo, hi = ld.bounds[b]
+            for pos in range(lo, hi):
+                seed = mix_seed(ld.seed, ld.epoch, pos, ld.rank) if ld.train else None
+                yield int(ld.order[pos]), seed
+
+    def __len__(self) -> int:
+        return sum(hi - lo for lo, hi in self.loader.bounds[self.start:])
+
+
+class FolderLoader(TensorLoader):
+    """Batches of an ImageFolder split through a DataLoader with worker processes; same interface as TensorLoader."""
+
+    def __init__(self, data: Data, split: FolderSplit, batch_size: int, *, train: bool, seed: int, device, rank: int,
+                 world: int, workers: int = 2):
+        self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
+        self.rank, self.world, self.device, self.workers = rank, world, torch.device(device), workers
+        self.dataset = _FolderDataset(data, split, train)
+        self.set_epoch(0)
+
+    def iterate(self, start: int = 0):
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=_SeededSampler(self, start), num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+        for x, y, idx in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx
+
+
+# ------------------------------------------------------------------------------------- in-memory datasets
+def _tensor_data(name: str, classes: list[str], train: tuple[np.ndarray, np.ndarray],
+                 val: tuple[np.ndarray, np.ndarray], pad: int, flip: bool, input_size, options: dict) -> Data:
+    """Wrap uint8 N x C x H x W arrays; mean and std are measured on the training images."""
+    tx, ty = (torch.from_numpy(np.ascontiguousarray(a)) for a in train)
+    vx, vy = (torch.from_numpy(np.ascontiguousarray(a)) for a in val)
+    pixels = tx.float().div(255).transpose(0, 1).reshape(tx.shape[1], -1)
+    mean = tuple(round(float(v), 4) for v in pixels.mean(1))
+    std = tuple(round(float(v), 4) for v in pixels.std(1))
+    c, h, w = tx.shape[1:]
+    size = (c, *input_size) if input_size and len(input_size) == 2 else tuple(input_size or (c, h, w))
+    if size[0] != c and c != 1 and size[0] != 1:
+        raise UserError(f"{name} has {c} channels; --input-size asks for {size[0]}")
+    return Data(name, classes, size, mean, std, h, TensorSplit(tx, ty.long(), f"{name}[train]", pad, flip),
+                TensorSplit(vx, vy.long(), f"{name}[val]", pad, flip), options)
+
+
+def _digits() -> tuple[list[str], tuple, tuple]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # 8x8 values 0..16 -> 32x32 uint8, bilinear, so that LeNet-5 sees its paper's 32x32 input.
+    small = torch.from_numpy(digits.images).float().unsqueeze(1) * (255 / 16)
+    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    images = big.round().clamp(0, 255).to(torch.uint8).numpy()
+    labels = digits.target.astype(np.int64)
+    # The fixed split everything (demo, baseline, tests) shares: stratified, 20 % test, seed 0.
+    tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+    return [str(i) for i in range(10)], (images[tr], labels[tr]), (images[te], labels[te])
+
+
+def _find(root: Path, names: list[str], what: str) -> Path:
+    for base in (root, *sorted(p for p in root.glob("*") if p.is_dir()), *sorted(root.glob("*/raw"))):
+        for name in names:
+            if (base / name).exists():
+                return base / name
+    raise UserError(f"no {what} under {root} (looked for {', '.join(names)}); pass --download when online")
+
+
+def _torchvision_download(name: str, root: Path) -> None:
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}
+    try:
+        for train in (True, False):
+            cls[name](str(root), train=train, download=True)
+    except Exception as err:
+        raise UserError(f"could not download {name} into {root}: {str(err).splitlines()[0][:200]}") from None
+
+
+def _cifar(name: str, root: Path) -> tuple[list[str], tuple, tuple]:
+    folder, archive = ("cifar-10-batches-py", "cifar-10-python.tar.gz") if name == "cifar10" else \
+        ("cifar-100-python", "cifar-100-python.tar.gz")
+    found = root if (root / ("data_batch_1" if name == "cifar10" else "train")).exists() else \
+        _find(root, [folder, archive], f"{name} archive or folder")
+    files = ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
+    meta_name, label_key, names_key = ("batches.meta", b"labels", b"label_names") if name == "cifar10" else \
+        ("meta", b"fine_labels", b"fine_label_names")
+
+    def read(member) -> dict:
+        # The python-version archive is pickled dicts of bytes and numpy arrays: the format itself, read as
+        # torchvision reads it (only files the user pointed us at; checkpoints never go through pickle).
+        return pickle.load(member, encoding="bytes")
+
+    parts: dict[str, dict] = {}
+    if found.is_file():
+        try:
+            with tarfile.open(found) as tar:
+                for member in tar.getmembers():
+                    base = Path(member.name).name
+                    if base in files + [meta_name]:
+                        parts[base] = read(tar.extractfile(member))
+        except (tarfile.TarError, EOFError, pickle.UnpicklingError, OSError) as err:
+            raise UserError(f"{found} is not a readable {name} archive: {err}") from None
+    else:
+        for base in files + [meta_name]:
+            if not (found / base).exists():
+                raise UserError(f"{found} lacks {base}: not a complete {name} folder")
+            with open(found / base, "rb") as f:
+                parts[base] = read(f)
+    missing = [f for f in files + [meta_name] if f not in parts]
+    if missing:
+        raise UserError(f"{found} lacks {', '.join(missing)}: not a complete {name} archive")
+
+    def arrays(keys: list[str]):
+        x = np.concatenate([parts[k][b"data"] for k in keys]).reshape(-1, 3, 32, 32).astype(np.uint8)
+        y = np.concatenate([np.asarray(parts[k][label_key]) for k in keys]).astype(np.int64)
+        return x, y
+
+    classes = [n.decode() for n in parts[meta_name][names_key]]
+    return classes, arrays(files[:-1]), arrays(files[-1:])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        ndim = raw[3]
+        shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, IndexError, EOFError) as err:
+        raise UserError(f"{path} is not a readable IDX file: {err}") from None
+
+
+def _mnist(name: str, root: Path) -> tuple[list[str], tuple, tuple]:
+    def load(stem: str) -> np.ndarray:
+        return _read_idx(_find(root, [stem, stem + ".gz"], f"{name} file {stem}"))
+
+    def split(prefix: str):
+        x = load(f"{prefix}-images-idx3-ubyte")
+        # 28x28 zero-padded to 32x32, as LeCun et al. fed MNIST to LeNet-5.
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
+        return x, load(f"{prefix}-labels-idx1-ubyte").astype(np.int64)
+
+    classes = [str(i) for i in range(10)] if name == "mnist" else FASHION_CLASSES
+    return classes, split("train"), split("t10k")
+
+
+def _fake(num_classes: int, size: tuple[int, int, int], samples: int) -> tuple[list[str], tuple, tuple]:
+    gen = torch.Generator().manual_seed(0)
+    n_val = max(num_classes, samples // 4)
+    x = torch.randint(0, 256, (samples + n_val, *size), generator=gen, dtype=torch.uint8).numpy()
+    y = (torch.arange(samples + n_val) % num_classes).numpy().astype(np.int64)
+    return [f"class{i}" for i in range(num_classes)], (x[:samples], y[:samples]), (x[samples:], y[samples:])
+
+
+# -------------------------------------------------------------------------------------------- ImageFolder
+def _scan_classes(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    if not root.is_dir():
+        raise UserError(f"no such data folder: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root} has no class sub-folders")
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise UserError(f"class folder {root / name} is empty")
+        samples += [(str(p), label) for p in files]
+    return classes, samples
+
+
+def _check_images(samples: list[tuple[str, int]], channels: int) -> tuple[list[tuple[str, int]], list[str]]:
+    """Decode every file once (in threads: PIL releases the GIL); returns the good samples and the bad paths."""
+    from cnnzoo.images import open_image
+
+    def ok(sample: tuple[str, int]) -> bool:
+        try:
+            open_image(sample[0], channels=channels).load()
+            return True
+        except Exception:  # not an image, truncated, unsupported, too large: all skipped the same way
+            return False
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        good = list(pool.map(ok, samples))
+    return [s for s, g in zip(samples, good) if g], [s[0] for s, g in zip(samples, good) if not g]
+
+
+def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, options: dict) -> Data:
+    if not root.is_dir():
+        raise UserError(f"no such data folder: {root}")
+    splits = {}
+    classes: list[str] = []
+    for part in ("train", "val"):
+        part_classes, samples = _scan_classes(root / part)
+        if classes and part_classes != classes:
+            raise UserError(f"{root}/val classes differ from {root}/train classes")
+        classes = part_classes
+        good, bad = _check_images(samples, input_size[0])
+        if bad:
+            names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            if strict:
+                raise UserError(f"{len(bad)} unreadable image(s) in {root / part}: {names}")
+            print(f"warning: skipped {len(bad)} unreadable image(s) in {root / part}: {names}", file=sys.stderr)
+        splits[part] = FolderSplit(good, bad)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if input_size[0] == 3 else ((0.5,), (0.5,))
+    resize = int(round(input_size[1] / CROP_FRACTION))
+    return Data("imagefolder", classes, tuple(input_size), mean, std, resize, splits["train"], splits["val"], options)
+
+
+def _limit(data: Data, limit: int) -> Data:
+    """Keep a fixed random subset of at most ``limit`` images per split (tests and quick experiments)."""
+    for part in ("train", "val"):
+        split = getattr(data, part)
+        if len(split) > limit:
+            keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+            if isinstance(split, TensorSplit):
+                split.images, split.labels = split.images[keep], split.labels[keep]
+            else:
+                split.samples = [split.samples[i] for i in keep.tolist()]
+    return data
+
+
+def load_data(name: str, data_dir: str | Path | None = None, *, download: bool = False,
+              input_size: tuple[int, int, int] | None = None, default_input_size: tuple[int, int, int] = (3, 224, 224),
+              limit: int | None = None, strict: bool = False, num_classes: int = 10, fake_samples: int = 1024) -> Data:
+    """Load a dataset by name.
+
+    Args:
+        name: one of DATASETS.
+        data_dir: folder (or archive) holding the files; ImageFolder: the folder with train/ and val/.
+        download: fetch CIFAR/MNIST through torchvision when they are not at data_dir (needs the network).
+        input_size: (C, H, W) to feed the model; default: the dataset's own size (ImageFolder: default_input_size).
+        default_input_size: the model's default size, used by ImageFolder and fake data.
+        limit: keep at most this many images per split (a fixed random subset).
+        strict: ImageFolder: an unreadable image is an error rather than a counted warning.
+        num_classes, fake_samples: class count and training-set size of the fake dataset.
+    """
+    options = {"name": name, "data_dir": str(data_dir) if data_dir else None, "input_size": input_size,
+               "limit": limit, "num_classes": num_classes, "fake_samples": fake_samples}
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name == "digits":
+        data = _tensor_data(name, *_digits(), pad=2, flip=False, input_size=input_size, options=options)
+    elif name == "fake":
+        size = tuple(input_size or default_input_size)
+        size = (default_input_size[0], *size) if len(size) == 2 else size
+        data = _tensor_data(name, *_fake(num_classes, size, fake_samples), pad=4, flip=True, input_size=size,
+                            options=options)
+    else:
+        if data_dir is None:
+            raise UserError(f"--data {name} needs --data-dir")
+        root = Path(data_dir).expanduser()
+        if name == "imagefolder":
+            size = tuple(input_size or default_input_size)
+            data = _imagefolder(root, (default_input_size[0], *size) if len(size) == 2 else size, strict, options)
+        else:
+            if not root.exists() and not download:
+                raise UserError(f"no such data folder: {root}")
+            if download:
+                root.mkdir(parents=True, exist_ok=True)
+                _torchvision_download(name, root)
+            reader = _cifar if name.startswith("cifar") else _mnist
+            pad, flip = (4, True) if name.startswith("cifar") else (2, name == "fashion_mnist")
+            data = _tensor_data(name, *reader(name, root), pad=pad, flip=flip, input_size=input_size, options=options)
+    return _limit(data, limit) if limit else data
+
+
+def split_data(src: str | Path, dst: str | Path, val: float = 0.2, seed: int = 0) -> dict[str, int]:
+    """Split a class-per-folder tree into dst/train and dst/val, stratified (each class split at ``val``).
+
+    Files are copied; dst must not exist or be empty (nothing is written over). Returns images per split.
+    """
+    src, dst = Path(src), Path(dst)
+    if not 0 < val < 1:
+        raise UserError(f"--val must be between 0 and 1, got {val}")
+    classes, samples = _scan_classes(src)
+    if dst.exists() and any(dst.iterdir()):
+        raise UserError(f"{dst} already exists and is not empty")
+    rng = np.random.default_rng(seed)
+    counts = {"train": 0, "val": 0}
+    for label, name in enumerate(classes):
+        files = [Path(p) for p, lab in samples if lab == label]
+        order = rng.permutation(len(files))
+        n_val = min(len(files) - 1, max(1, round(len(files) * val))) if len(files) > 1 else 0
+        for rank, i in enumerate(order):
+            part = "val" if rank < n_val else "train"
+            target = dst / part / name / files[i].relative_to(src / name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(files[i], target)
+            counts[part] += 1
+    for part in ("train", "val"):
+        for name in classes:
+            (dst / part / name).mkdir(parents=True, exist_ok=True)
+    (dst / "class_indices.json").write_text(json.dumps({n: i for i, n in enumerate(classes)}, indent=1) + "\n")
+    return counts
