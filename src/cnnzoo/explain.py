@@ -196,18 +196,17 @@ def _cam(model: nn.Module, x: torch.Tensor, target: int, name: str, module: nn.M
     with torch.no_grad():
         feats = model.forward_features(x)
         fc = model.get_classifier()
+        weight = fc.weight.flatten(1)  # nn.Linear: K x C; NiN's 1x1 conv classifier: K x C x 1 x 1
         # CAM needs head(F) == fc(GAP(F)) exactly; testing it numerically needs no knowledge of the family.
-        is_gap_fc = (
-            isinstance(fc, nn.Linear)
-            and fc.in_features == feats.shape[1]
-            and torch.allclose(model.forward_head(feats), fc(feats.mean((2, 3))), rtol=1e-4, atol=1e-5)
+        is_gap_fc = weight.shape[1] == feats.shape[1] and torch.allclose(
+            model.forward_head(feats), nn.functional.linear(feats.mean((2, 3)), weight, fc.bias), rtol=1e-4, atol=1e-5
         )
         if not is_gap_fc:
             raise UserError(
                 f"cam needs a network ending in global average pooling + one linear layer, and "
                 f"{type(model).__name__} does not; use gradcam or gradcam++"
             )
-        return torch.einsum("k,khw->hw", fc.weight[target], feats[0])
+        return torch.einsum("k,khw->hw", weight[target], feats[0])
 
 
 def _gradcam(model: nn.Module, x: torch.Tensor, target: int, name: str, module: nn.Module) -> torch.Tensor:
