@@ -3,9 +3,13 @@ quantisation with its accuracy gate, adaptive-pool heads at other sizes, and the
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -76,9 +80,17 @@ def make_digits_run(root: Path, epochs: int = 3) -> dict:
     return {"root": root, "ckpt": ckpt, "train": root / "train", "val": root / "val", "val_top1": acc}
 
 
+@functools.cache
+def digits_run() -> dict:
+    """One trained run per test process, shared by test_export, test_serve and test_browser."""
+    root = Path(tempfile.mkdtemp(prefix="cnnzoo-digits-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return make_digits_run(root)
+
+
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> dict:
-    return make_digits_run(tmp_path_factory.mktemp("digits"))
+def digits() -> dict:
+    return digits_run()
 
 
 def test_digits_network_learned(digits):
@@ -172,10 +184,25 @@ def test_clear_errors(digits, tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, size", [("alexnet", 224), ("alexnet", 96), ("vgg11", 64)])
+def small_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace the 4096-wide fully connected layers after the pool with 64-wide ones (same input width): the
+    features, the adaptive pool and the flatten, which are what the exporter failed on, stay as they are, while
+    the export no longer serialises 200-500 MB of classifier weights."""
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    for i, m in enumerate(model.classifier):
+        if isinstance(m, torch.nn.Linear):
+            width_in = m.in_features if m is linears[0] else 64
+            model.classifier[i] = torch.nn.Linear(width_in, 64 if m is not linears[-1] else m.out_features)
+    return model.eval()
+
+
+ADAPTIVE = [("alexnet", 224), ("alexnet", 96), ("vgg11", 32), ("vgg11", 64)] + ([("vgg11", 224)] if FULL_SWEEP else [])
+
+
+@pytest.mark.parametrize("name, size", ADAPTIVE)
 def test_adaptive_pool_heads(tmp_path, name, size):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10).eval()
+    model = small_head(create_model(name, num_classes=10))
     report = export(model, tmp_path / f"{name}.onnx", input_size=(3, size, size))
     assert report.max_abs_diff <= 1e-4
     # the model itself is left as it was (the exact fixed-size pool is swapped in only for the export)
@@ -199,15 +226,15 @@ CANNOT_EXPORT = documented("Networks that cannot be exported to ONNX")
 CANNOT_SCRIPT = documented("Networks that cannot be scripted")
 
 
-# The smallest network of each family (parameters at 10 classes): the default sweep. A family missing here is
-# still swept, through its first name in sorted order.
+# The default sweep: the smallest network of each family (parameters at 10 classes). None: the family's smallest
+# member costs over 10 s to export on CI (30M+ parameters), so it runs with CNNZOO_SLOW=1 only; AlexNet and VGG
+# are exported by test_adaptive_pool_heads. A family missing here is swept through its first name in sorted order.
 REPRESENTATIVES = {
-    "AlexNet": "alexnet_half", "DenseNet": "densenet40_k12", "EfficientNet": "efficientnet_b0",
-    "FractalNet": "fractalnet", "Inception": "googlenet", "LeNet": "lenet5", "MobileNetV1": "mobilenet_v1_025",
-    "MobileNetV2": "mobilenet_v2", "MobileNetV3": "mobilenet_v3_small", "NiN": "nin",
-    "Pre-activation ResNet": "preact_resnet18", "ResNet": "resnet20", "ResNeXt": "resnext29_8x64d",
-    "SENet": "se_resnet18", "ShuffleNetV1": "shufflenet_v1_g1", "ShuffleNetV2": "shufflenet_v2_x0_5",
-    "VGG": "vgg11", "Wide ResNet": "wrn16_4",
+    "AlexNet": None, "DenseNet": "densenet40_k12", "EfficientNet": "efficientnet_b0", "FractalNet": None,
+    "Inception": "googlenet", "LeNet": "lenet5", "MobileNetV1": "mobilenet_v1_025", "MobileNetV2": "mobilenet_v2",
+    "MobileNetV3": "mobilenet_v3_small", "NiN": "nin", "Pre-activation ResNet": "preact_resnet18",
+    "ResNet": "resnet20", "ResNeXt": None, "SENet": "se_resnet18", "ShuffleNetV1": "shufflenet_v1_g1",
+    "ShuffleNetV2": "shufflenet_v2_x0_5", "VGG": None, "Wide ResNet": "wrn16_4",
 }
 
 
@@ -219,24 +246,18 @@ def sweep(excluded: dict[str, str]) -> list[str]:
     families: dict[str, list[str]] = {}
     for name in names:
         families.setdefault(model_info(name).family, []).append(name)
-    chosen = {REPRESENTATIVES.get(f) if REPRESENTATIVES.get(f) in group else group[0] for f, group in families.items()}
+    chosen = {REPRESENTATIVES.get(f, group[0]) for f, group in families.items()} - {None}
     return sorted(chosen | set(excluded))
 
 
-def calibrate_batchnorm(model: torch.nn.Module, size: tuple[int, int, int]) -> None:
-    """Set every BatchNorm's running statistics from one random batch, as training would: a randomly initialised
-    deep network (ResNet-1202, Inception v3) otherwise gives logits of 1e3..inf, where float32 rounding alone
-    exceeds 1e-4 and the parity check would measure the initialisation rather than the export."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, *size, generator=torch.Generator().manual_seed(1)))
-    model.eval()
+def parity_tolerance(model: torch.nn.Module, size: tuple[int, int, int]) -> float:
+    """1e-4, relative to the logits' scale when that exceeds 1: a randomly initialised deep network (ResNet-110,
+    Inception v3) gives logits of 1e2..1e4, where float32 rounding alone exceeds an absolute 1e-4 and the check
+    would measure the initialisation rather than the export. Trained networks (the export command) use 1e-4 flat."""
+    with torch.inference_mode():
+        scale = float(model(torch.randn(2, *size, generator=torch.Generator().manual_seed(0))).abs().max())
+    assert np.isfinite(scale), "PyTorch itself gives non-finite logits at this initialisation"
+    return 1e-4 * max(1.0, scale)
 
 
 def test_documented_failures_are_registered_networks():
@@ -248,14 +269,13 @@ def test_documented_failures_are_registered_networks():
 @pytest.mark.parametrize("name", sweep(CANNOT_EXPORT))
 def test_registry_onnx_parity(name, tmp_path):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10)
+    model = create_model(name, num_classes=10).eval()
     size = smallest_input(name, train=False)
-    calibrate_batchnorm(model, smallest_input(name, train=True))
     if name in CANNOT_EXPORT:
         with pytest.raises(ExportError):
             export(model, tmp_path / "m.onnx", input_size=size)
     else:
-        assert export(model, tmp_path / "m.onnx", input_size=size).max_abs_diff <= 1e-4
+        export(model, tmp_path / "m.onnx", input_size=size, atol=parity_tolerance(model, size))
 
 
 @pytest.mark.parametrize("name", sweep(CANNOT_SCRIPT))

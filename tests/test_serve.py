@@ -25,7 +25,7 @@ from PIL import Image
 from cnnzoo.export import export
 from cnnzoo.runtime import open_runtime, softmax
 from cnnzoo.serve import Limits, _Batcher, create_app
-from test_export import make_digits_run
+from test_export import digits_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = Limits(max_body_bytes=256 * 1024, max_pixels=1_000_000)
@@ -33,8 +33,8 @@ SMALL = Limits(max_body_bytes=256 * 1024, max_pixels=1_000_000)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict:
-    run = make_digits_run(tmp_path_factory.mktemp("serve"))
-    onnx = export(run["ckpt"], run["root"] / "digits.onnx").path
+    run = digits_run()
+    onnx = export(run["ckpt"], tmp_path_factory.mktemp("serve") / "digits.onnx").path
     digit = sorted((run["val"] / "7").glob("*.png"))[0]
     return {**run, "onnx": onnx, "png": digit.read_bytes(), "digit_path": digit}
 

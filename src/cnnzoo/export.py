@@ -301,20 +301,23 @@ def _export_onnx(model, out, meta, input_size, opset, dynamic_batch, inputs, ref
 
 
 def _export_torchscript(model, out, meta, method, inputs, ref, notes) -> float:
-    try:
-        if method == "script":
-            module = torch.jit.script(model)
-        else:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", torch.jit.TracerWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        # torch 2.14 marks torch.jit deprecated on every call; the format is still what libtorch loads
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        try:
+            if method == "script":
+                module = torch.jit.script(model)
+            else:
                 module = torch.jit.trace(model, inputs[0][:1], check_trace=False)
-            for w in caught:
-                if issubclass(w.category, torch.jit.TracerWarning):
-                    notes.append(f"tracer warning (the trace may not generalise; try --method script): {w.message}")
-    except Exception as err:
-        raise ExportError(f"{meta['model_name']} cannot be exported with torch.jit.{method}: {_first_line(err)}") from None
-    torch.jit.save(module, str(out), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
-    loaded = torch.jit.load(str(out), map_location="cpu").eval()
+        except Exception as err:
+            raise ExportError(f"{meta['model_name']} cannot be exported with torch.jit.{method}: "
+                              f"{_first_line(err)}") from None
+        torch.jit.save(module, str(out), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
+        loaded = torch.jit.load(str(out), map_location="cpu").eval()
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning):
+            notes.append(f"tracer warning (the trace may not generalise; try --method script): {w.message}")
     with torch.inference_mode():
         return _max_diff([loaded(x).float().numpy() for x in inputs], ref)
 
