@@ -55,8 +55,9 @@ class TensorSplit:
     images: torch.Tensor
     labels: torch.Tensor
     source: str  # names samples in reports: "digits[val]#12"
-    pad: int = 0  # random-crop padding in pixels (0: no crop)
+    pad: int = 0  # random-crop padding in pixels (0: no crop); with affine: the largest shift
     flip: bool = False  # random horizontal flip (not for digits)
+    affine: bool = False  # random rotation (+-10 deg), scale (+-10 %) and shift instead of a crop (handwriting)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -184,6 +185,8 @@ class TensorLoader:
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
         p = self.split.pad
+        if self.split.affine:
+            return self._affine(x, gen)
         if p:
             # Random crop with zero padding, all images at once: gather shifted row/column windows.
             padded = F.pad(x, (p, p, p, p))
@@ -197,6 +200,19 @@ class TensorLoader:
             flip = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
             x = torch.where(flip, x.flip(3), x)
         return x
+
+    def _affine(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # Small affine distortions of handwriting (Simard et al. 2003), all images at once with grid_sample;
+        # the result stays uint8 so that normalisation is shared with unaugmented batches.
+        n, _, h, w = x.shape
+        angle, scale, shift = (torch.rand(3, n, generator=gen) * 2 - 1)
+        angle, scale = angle * math.radians(10), 1 + 0.1 * scale
+        dx, dy = (torch.rand(2, n, generator=gen) * 2 - 1) * (2 * self.split.pad / w)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, dx], 1), torch.stack([sin, cos, dy], 1)], 1).to(x.device)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float().div_(255) - self.mean) / self.std
@@ -277,7 +293,8 @@ class FolderLoader(TensorLoader):
 
 # ------------------------------------------------------------------------------------- in-memory datasets
 def _tensor_data(name: str, classes: list[str], train: tuple[np.ndarray, np.ndarray],
-                 val: tuple[np.ndarray, np.ndarray], pad: int, flip: bool, input_size, options: dict) -> Data:
+                 val: tuple[np.ndarray, np.ndarray], pad: int, flip: bool, input_size, options: dict,
+                 affine: bool = False) -> Data:
     """Wrap uint8 N x C x H x W arrays; mean and std are measured on the training images."""
     tx, ty = (torch.from_numpy(np.ascontiguousarray(a)) for a in train)
     vx, vy = (torch.from_numpy(np.ascontiguousarray(a)) for a in val)
@@ -288,8 +305,8 @@ def _tensor_data(name: str, classes: list[str], train: tuple[np.ndarray, np.ndar
     size = (c, *input_size) if input_size and len(input_size) == 2 else tuple(input_size or (c, h, w))
     if size[0] != c and c != 1 and size[0] != 1:
         raise UserError(f"{name} has {c} channels; --input-size asks for {size[0]}")
-    return Data(name, classes, size, mean, std, h, TensorSplit(tx, ty.long(), f"{name}[train]", pad, flip),
-                TensorSplit(vx, vy.long(), f"{name}[val]", pad, flip), options)
+    return Data(name, classes, size, mean, std, h, TensorSplit(tx, ty.long(), f"{name}[train]", pad, flip, affine),
+                TensorSplit(vx, vy.long(), f"{name}[val]", pad, flip, affine), options)
 
 
 def _digits() -> tuple[list[str], tuple, tuple]:
@@ -490,7 +507,8 @@ def load_data(name: str, data_dir: str | Path | None = None, *, download: bool =
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == "digits":
-        data = _tensor_data(name, *_digits(), pad=2, flip=False, input_size=input_size, options=options)
+        # Shifts of up to 2 pixels at 32x32 (half a pixel of the original 8x8 digit), small rotations and scalings.
+        data = _tensor_data(name, *_digits(), pad=2, flip=False, affine=True, input_size=input_size, options=options)
     elif name == "fake":
         size = tuple(input_size or default_input_size)
         size = (default_input_size[0], *size) if len(size) == 2 else size

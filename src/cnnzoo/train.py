@@ -177,12 +177,15 @@ def resolve_defaults(config: TrainConfig, model_name: str) -> TrainConfig:
     return config
 
 
-def build_for_data(model_name: str, data: Data, small_input: bool = False, **kwargs) -> nn.Module:
-    """create_model with the class count and input channels of ``data``; records how it was built for checkpoints."""
+def build_for_data(model_name: str, data: Data, small_input: bool = False, seed: int = 0, **kwargs) -> nn.Module:
+    """create_model with the class count and input channels of ``data``, its initial weights drawn from ``seed``
+    (without touching the global generator); records how it was built for checkpoints."""
     model_kwargs = dict(num_classes=data.num_classes, in_chans=data.input_size[0], **kwargs)
     if small_input:
         model_kwargs["small_input"] = True
-    model = create_model(model_name, **model_kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(model_name, **model_kwargs)
     model.cnnzoo_spec = {"model_name": model_name, "model_kwargs": model_kwargs, "appended_fc": None}
     return model
 
@@ -516,7 +519,7 @@ def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None) -
     """
     config = config or TrainConfig()
     if isinstance(model, str):
-        model = build_for_data(model, data, small_input=config.small_input)
+        model = build_for_data(model, data, small_input=config.small_input, seed=config.seed)
     spec = getattr(model, "cnnzoo_spec", None)
     if spec is None:
         raise UserError("fit needs a registered model name or a model from cnnzoo.train.build_for_data")

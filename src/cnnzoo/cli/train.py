@@ -96,7 +96,7 @@ def _plan(args: argparse.Namespace):
                      strict=args.strict_data, **data_options)
     extra = {k: v for k, v in model_kwargs.items() if k not in ("num_classes", "in_chans", "small_input")}
     model = build_for_data(name, data, small_input=config.small_input or model_kwargs.get("small_input", False),
-                           **extra)
+                           seed=config.seed, **extra)
     return model, data, config
 
 
