@@ -507,8 +507,8 @@ def load_data(name: str, data_dir: str | Path | None = None, *, download: bool =
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == "digits":
-        # Shifts of up to 2 pixels at 32x32 (half a pixel of the original 8x8 digit), small rotations and scalings.
-        data = _tensor_data(name, *_digits(), pad=2, flip=False, affine=True, input_size=input_size, options=options)
+        # Shifts of up to 3 pixels at 32x32 (3/4 of a pixel of the original 8x8 digit), small rotations and scalings.
+        data = _tensor_data(name, *_digits(), pad=3, flip=False, affine=True, input_size=input_size, options=options)
     elif name == "fake":
         size = tuple(input_size or default_input_size)
         size = (default_input_size[0], *size) if len(size) == 2 else size

@@ -78,19 +78,21 @@ class TrainConfig:
     lr_backbone: float | None = None  # learning rate of everything but the classifier; None: lr
 
 
-# Family defaults: enough for a first run with no flags to train well. LeNet on digits: AdamW 3e-3 with label
-# smoothing beats an RBF SVM in well under a minute on 2 cores (benchmarks/train_throughput.py measures it).
+# Family defaults: enough for a first run with no flags to train well. LeNet (sigmoid) on digits: AdamW 1e-2 at
+# batch 32 with label smoothing passes a cross-validated RBF SVM (99.2 %) after 20-30 epochs and settles at
+# 99.7-100 % by 60, about 40 s on 2 cores (benchmarks/train_throughput.py measures the time to the SVM's accuracy).
 # BN nets: SGD-momentum 0.1 at batch 128 with cosine decay and 5e-4 decay (the CIFAR ResNet recipe); nets without
 # BN start lower (AlexNet/VGG used 0.01); depthwise nets use the MobileNet paper's small decay 4e-5.
 _BASE = dict(epochs=30, batch_size=128, lr=0.1, opt="momentum", weight_decay=5e-4, sched="cosine", warmup=1.0,
              label_smoothing=0.1)
 FAMILY_DEFAULTS: dict[str, dict] = {
-    "LeNet": dict(_BASE, epochs=15, batch_size=64, lr=3e-3, opt="adamw", weight_decay=5e-2, warmup=1.0),
+    "LeNet": dict(_BASE, epochs=60, batch_size=32, lr=1e-2, opt="adamw", weight_decay=5e-2),
     "AlexNet": dict(_BASE, lr=0.01), "VGG": dict(_BASE, lr=0.01), "NiN": dict(_BASE, lr=0.01),
-    "GoogLeNet": dict(_BASE, lr=0.05),
-    "MobileNet": dict(_BASE, lr=0.05, weight_decay=4e-5), "ShuffleNet": dict(_BASE, lr=0.05, weight_decay=4e-5),
+    "Inception": dict(_BASE, lr=0.05),
+    **{f: dict(_BASE, lr=0.05, weight_decay=4e-5)
+       for f in ("MobileNetV1", "MobileNetV2", "MobileNetV3", "ShuffleNetV1", "ShuffleNetV2")},
     "EfficientNet": dict(_BASE, lr=0.05, weight_decay=1e-5),
-}
+}  # every other family (ResNet and its variants, DenseNet, FractalNet): _BASE
 
 
 def _sgd(params, c: TrainConfig):

@@ -1,0 +1,103 @@
+"""Training throughput of cnnzoo.fit against a bare forward/backward/step loop, and LeNet-5's time to the SVM.
+
+For each case the bare loop runs over tensors already normalised in memory (no augmentation, no metrics, no
+checkpoints); fit runs the whole engine (on-device batch augmentation, running metrics, per-step stop/NaN
+check, checkpoint at the epoch end). Same model, batch size, optimizer and precision. The engine's rate is the
+img/s of its last training epoch (evaluation and checkpoint writing are outside it, as in the bare loop).
+
+    OMP_NUM_THREADS=2 python benchmarks/train_throughput.py [--quick]
+
+Time to accuracy: training seconds (metrics.jsonl "time", evaluation excluded) until lenet5 with its defaults
+first reaches the cross-validated RBF SVM's test accuracy on digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnzoo.baseline import svm_baseline
+from cnnzoo.data import load_data
+from cnnzoo.train import OPTIMIZERS, TrainConfig, _param_groups, build_for_data, fit
+
+# name, dataset, model kwargs, batch size, steps per epoch (full) / (quick)
+CASES = [
+    ("lenet5", "digits", {}, 32, None, None),
+    ("resnet18", "fake", {"small_input": True}, 64, 12, 4),
+    ("mobilenet_v2", "fake", {"small_input": True}, 64, 12, 4),
+]
+
+
+def _bare(model: nn.Module, config: TrainConfig, x: torch.Tensor, y: torch.Tensor, steps: int, bs: int) -> float:
+    optimizer = OPTIMIZERS[config.opt](_param_groups(model, config), config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing or 0.0)
+    model.train()
+
+    def step(i: int) -> None:
+        lo = (i * bs) % (len(x) - bs + 1)
+        loss = criterion(model(x[lo:lo + bs]), y[lo:lo + bs])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(2):  # warm-up: allocator, kernels
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps * bs / (time.perf_counter() - t0)
+
+
+def _case(name: str, dataset: str, kwargs: dict, bs: int, steps: int | None, folder: Path) -> dict:
+    data = load_data(dataset, input_size=(3, 32, 32) if dataset == "fake" else None,
+                     fake_samples=(steps or 1) * bs)
+    config = TrainConfig(epochs=2, batch_size=bs, progress=False, out=str(folder / name), workers=0)
+    model = build_for_data(name, data, **kwargs)
+    history = fit(model, data, config)
+    engine = history.epochs[-1]["img_s"]
+    recorded = json.loads((folder / name / "config.json").read_text())  # the defaults fit resolved
+    same = TrainConfig(**{k: recorded[k] for k in ("opt", "lr", "weight_decay", "label_smoothing", "momentum",
+                                                   "nesterov")})
+    x = ((data.train.images.float() / 255 - torch.tensor(data.mean).view(1, -1, 1, 1))
+         / torch.tensor(data.std).view(1, -1, 1, 1))
+    steps = max(4, history.epochs[-1]["step"] // 2)  # one epoch's worth
+    bare = _bare(build_for_data(name, data, **kwargs), same, x, data.train.labels, steps, bs)
+    return dict(model=name, data=dataset, batch=bs, engine=engine, bare=bare, ratio=engine / bare)
+
+
+def _time_to_svm(folder: Path) -> tuple[float, float, float | None, float]:
+    data = load_data("digits")
+    svm = svm_baseline(data).accuracy
+    t0 = time.perf_counter()
+    history = fit(build_for_data("lenet5", data), data, TrainConfig(progress=False, out=str(folder / "tta")))
+    wall = time.perf_counter() - t0
+    reached = next((e["time"] for e in history.epochs if e["val_top1"] >= svm), None)
+    return svm, history.epochs[-1]["val_top1"], reached, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a rough number in about a minute)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rows = [_case(n, d, kw, bs, quick if args.quick else full, folder) for n, d, kw, bs, full, quick in CASES]
+        print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU")
+        print(f"{'model':<14}{'data':<8}{'batch':>6}{'fit img/s':>12}{'bare img/s':>12}{'ratio':>8}")
+        for r in rows:
+            print(f"{r['model']:<14}{r['data']:<8}{r['batch']:>6}{r['engine']:>12.0f}{r['bare']:>12.0f}"
+                  f"{r['ratio']:>8.2f}")
+        svm, final, reached, wall = _time_to_svm(folder)
+        when = f"{reached:.1f} s of training" if reached is not None else "not reached"
+        print(f"\nlenet5 on digits (defaults): SVM {svm:.4f} reached after {when}; final {final:.4f}, "
+              f"whole run {wall:.1f} s wall")
+
+
+if __name__ == "__main__":
+    main()
