@@ -4,6 +4,7 @@ quantisation with its accuracy gate, adaptive-pool heads at other sizes, and the
 from __future__ import annotations
 
 import atexit
+import copy
 import functools
 import json
 import os
@@ -251,13 +252,31 @@ def sweep(excluded: dict[str, str]) -> list[str]:
 
 
 def parity_tolerance(model: torch.nn.Module, size: tuple[int, int, int]) -> float:
-    """1e-4, relative to the logits' scale when that exceeds 1: a randomly initialised deep network (ResNet-110,
-    Inception v3) gives logits of 1e2..1e4, where float32 rounding alone exceeds an absolute 1e-4 and the check
-    would measure the initialisation rather than the export. Trained networks (the export command) use 1e-4 flat."""
+    """The export command's 1e-4, widened where PyTorch's own float32 result is less exact than that.
+
+    Randomly initialised deep networks are numerically ill-conditioned in ways trained ones are not: ResNet-110 or
+    Inception v3 give logits of 1e2..1e4 (1e-4 is then below float32 rounding), and ResNet-1202 / pre-activation
+    ResNet-1001 overflow to NaN with the initial BatchNorm statistics (mean 0, variance 1; those are then set from
+    one random batch, as training would) and even after that differ from float64 PyTorch by ~2e-3. The tolerance
+    is therefore max(1e-4 x max(1, |logits|), 2 x |PyTorch float32 - PyTorch float64|): the export must be as
+    close to PyTorch as PyTorch's float32 is to exact arithmetic."""
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        scale = float(model(torch.randn(2, *size, generator=torch.Generator().manual_seed(0))).abs().max())
-    assert np.isfinite(scale), "PyTorch itself gives non-finite logits at this initialisation"
-    return 1e-4 * max(1.0, scale)
+        logits = model(x)
+    if not torch.isfinite(logits).all():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: exactly this batch's statistics
+        with torch.no_grad():
+            model.train()(torch.randn(8, *size, generator=torch.Generator().manual_seed(1)))
+        with torch.inference_mode():
+            logits = model.eval()(x)
+    assert torch.isfinite(logits).all(), "PyTorch itself gives non-finite logits"
+    exact = copy.deepcopy(model).double()
+    with torch.inference_mode():
+        err32 = float((logits.double() - exact(x.double())).abs().max())
+    return max(1e-4 * max(1.0, float(logits.abs().max())), 2 * err32)
 
 
 def test_documented_failures_are_registered_networks():
