@@ -47,9 +47,22 @@ def setup(device: str | None = None) -> DistEnv:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        # Generous timeout: on a loaded machine a peer may be slow to reach a collective; never flake for it.
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
+        _init_group("nccl" if dev.type == "cuda" else "gloo", rank, world)
     return DistEnv(rank, world, local_rank, dev)
+
+
+def _init_group(backend: str, rank: int, world: int) -> None:
+    # Generous timeout: on a loaded machine a peer may be slow to reach a collective; never flake for it.
+    timeout = timedelta(minutes=10)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's agent store outlives a worker restart; the restarted group could read the dead group's
+        # addresses from it ("Connection refused", pytorch/pytorch#135712). One key prefix per attempt isolates them.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                              timeout=timeout)
+        store = dist.PrefixStore(f"cnnzoo/attempt{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
 
 
 def teardown() -> None:
