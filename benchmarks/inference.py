@@ -98,9 +98,9 @@ def table(rows: list[dict]) -> str:
         best_lat, best_thr = min(r["p50_ms"] for r in group), max(r["img_s"] for r in group)
         for r in group:
             label = r["backend"] + (" (auto)" if r["auto"] else "")
-            out.append(f"| {name} | {label} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {eager['p50_ms'] / r['p50_ms']:.2f} | "
-                       f"{best_lat / r['p50_ms']:.2f} | {r['img_s']:.1f} | {r['img_s'] / eager['img_s']:.2f} | "
-                       f"{r['img_s'] / best_thr:.2f} |")
+            out.append(f"| {name} | {label} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                       f"{eager['p50_ms'] / r['p50_ms']:.2f} | {best_lat / r['p50_ms']:.2f} | {r['img_s']:.1f} | "
+                       f"{r['img_s'] / eager['img_s']:.2f} | {r['img_s'] / best_thr:.2f} |")
     return "\n".join(out)
 
 

@@ -137,8 +137,9 @@ def test_bad_input_is_a_json_4xx(client, files, what, request_args, status):
 
 
 def test_wrong_method_path_and_batch_shape(client, files):
-    for response, status in ((client.get("/v1/predict"), 405), (client.get("/nowhere"), 404),
-                             (client.delete("/v1/model"), 405), (client.post("/v1/predict/batch", content=files["png"]), 415)):
+    checks = ((client.get("/v1/predict"), 405), (client.get("/nowhere"), 404), (client.delete("/v1/model"), 405),
+              (client.post("/v1/predict/batch", content=files["png"]), 415))
+    for response, status in checks:
         assert response.status_code == status
         assert response.json()["error"]["status"] == status
     too_many = [("files", (f"{i}.png", files["png"], "image/png")) for i in range(40)]
@@ -266,7 +267,8 @@ with TestClient(app) as c:
     assert c.post("/v1/predict", content=open(sys.argv[3], "rb").read()).status_code == 200
     ready = time.perf_counter() - start
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
-print(f"torch modules: {len(loaded)}; ready in {ready:.2f} s; max rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"torch modules: {len(loaded)}; ready in {ready:.2f} s; max rss {rss:.0f} MB")
 assert not loaded, loaded[:5]
 """
 
@@ -328,7 +330,8 @@ def test_load_mixed_good_and_bad(live, files):
     good, bomb = files["png"], png_header(1200, 1000)
     kinds = [
         ("good raw", dict(method="POST", url="/v1/predict", content=good), 200, 10),
-        ("good multipart", dict(method="POST", url="/v1/predict", files={"file": ("a.png", good, "image/png")}), 200, 3),
+        ("good multipart", dict(method="POST", url="/v1/predict", files={"file": ("a.png", good, "image/png")}),
+         200, 3),
         ("good jpeg", dict(method="POST", url="/v1/predict", content=jpeg(good)), 200, 2),
         ("corrupt", dict(method="POST", url="/v1/predict", content=CORRUPT), 422, 1),
         ("unsupported", dict(method="POST", url="/v1/predict", content=PPM), 415, 1),

@@ -265,7 +265,8 @@ def _ort_session(model: str | Path | bytes):
     options.intra_op_num_threads = _threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool, meta: dict) -> bytes:

@@ -272,7 +272,8 @@ def _cam_png(runtime, image) -> str:
     side = max(blended.size)
     if side < 224:  # small inputs (32 x 32) are shown enlarged
         scale = 224 / side
-        blended = blended.resize((round(blended.width * scale), round(blended.height * scale)), Image.Resampling.NEAREST)
+        size = (round(blended.width * scale), round(blended.height * scale))
+        blended = blended.resize(size, Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     blended.save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
