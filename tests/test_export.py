@@ -308,3 +308,13 @@ def test_registry_torchscript_script(name):
                 torch.jit.script(model)
         else:
             torch.jit.script(model)
+
+
+def test_cli_export(digits, tmp_path, capsys):
+    from cnnzoo.cli import main
+
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(digits["ckpt"]), "--out", str(out), "--opset", "17"]) == 0
+    assert out.is_file() and "max abs diff vs PyTorch" in capsys.readouterr().out
+    assert main(["export", str(digits["ckpt"]), "--out", str(tmp_path / "x.onnx"), "--input-size", "1x8x8"]) == 2
+    assert "does not run at input (1, 8, 8)" in capsys.readouterr().err
