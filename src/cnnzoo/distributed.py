@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "setup", "teardown", "all_reduce_sum", "print0", "wrap", "restart_count"]
+__all__ = ["DistEnv", "setup", "teardown", "barrier", "all_reduce_sum", "print0", "wrap", "restart_count"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,11 @@ def _init_group(backend: str, rank: int, world: int) -> None:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
 
 
 def restart_count() -> int:

@@ -158,16 +158,23 @@ class History:
     interrupted: bool = False  # stopped by a signal or max_steps: last.pt resumes it
     stop_reason: str | None = None  # "signal" | "max_steps" when interrupted
     resumed_from: Path | None = None
+    is_main: bool = True  # False on the other ranks of a distributed run (they write and print nothing)
 
     @property
     def last(self) -> dict:
         return self.epochs[-1] if self.epochs else {}
 
 
+# Learning rate when --opt names another optimizer than the family's and --lr is not given.
+OPTIMIZER_LR = {"sgd": 0.1, "momentum": 0.1, "adagrad": 0.01, "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}
+
+
 def resolve_defaults(config: TrainConfig, model_name: str) -> TrainConfig:
     """Fill the None fields from FAMILY_DEFAULTS of the model's family and check the names."""
     family = model_info(model_name).family
-    defaults = FAMILY_DEFAULTS.get(family, _BASE)
+    defaults = dict(FAMILY_DEFAULTS.get(family, _BASE))
+    if config.opt is not None and config.opt != defaults["opt"]:
+        defaults["lr"] = OPTIMIZER_LR.get(config.opt, defaults["lr"])
     filled = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     config = dataclasses.replace(config, **filled)
     if config.opt not in OPTIMIZERS:
@@ -294,7 +301,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             break
     if bar is not None:
         bar.close()
-    return dict(stats=stats, start_seen=seen0 * step.env.world, next_batch=done, global_step=global_step, stopped=stopped,
+    return dict(stats=stats, seen_now=stats["seen"] - seen0, next_batch=done, global_step=global_step, stopped=stopped,
                 seconds=time.perf_counter() - t0)
 
 
@@ -529,7 +536,11 @@ def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None) -
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     env = ddp.setup(config.device)
     try:
-        return _fit(model, data, config, env, dict(spec))
+        history = _fit(model, data, config, env, dict(spec))
+        history.is_main = env.is_main
+        if owns_group:
+            ddp.barrier(env)  # every rank leaves together, after rank 0 has written the last files
+        return history
     finally:
         if owns_group:
             ddp.teardown()
@@ -577,6 +588,8 @@ def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, sp
         step.scaler.load_state_dict(ts["scaler"])
         history.epochs, history.best_metric = list(ts["history"]), ckpt["best_metric"]
         position, global_step, elapsed = dict(ts["position"]), ckpt["step"], ts["elapsed"]
+        if not env.is_main and position["stats"]:
+            position["stats"] = _zero_stats()  # the file holds all ranks' sums; rank 0 carries them
         _set_rng_state(ts["rng"])  # last: building the model and loaders above drew from the generators
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -604,9 +617,8 @@ def _loop(net, model, data, config, env, spec, run_dir, history, train_loader, v
                                 global_step=global_step, stats=stats)
             global_step, elapsed = r["global_step"], elapsed + r["seconds"]
             if r["stopped"] and r["next_batch"] < len(train_loader):
-                # Mid-epoch: record where we are; only rank 0's sums are kept, the others' were reduced into it.
-                sums = _reduce_stats(r["stats"], env)
-                mid = dict(epoch=epoch, batch=r["next_batch"], stats=sums if env.is_main else _zero_stats())
+                # Mid-epoch: record where we are, with the running sums of all ranks (rank 0 resumes with them).
+                mid = dict(epoch=epoch, batch=r["next_batch"], stats=_reduce_stats(r["stats"], env))
                 _checkpoint(run_dir, model, data, config, spec, optimizer, scheduler, step, history, mid,
                             global_step, elapsed, env)
                 history.interrupted = True
@@ -655,7 +667,7 @@ def _epoch_end(epoch: int, r: dict, model, val_loader, data: Data, optimizer, el
     return dict(epoch=epoch + 1, step=r["global_step"], train_loss=sums["loss"] / max(sums["seen"], 1),
                 train_top1=sums["correct"] / max(sums["seen"], 1), val_loss=val["loss"], val_top1=val["top1"],
                 val_top5=val["top5"], lr=optimizer.param_groups[0]["lr"],
-                img_s=round((sums["seen"] - (r["start_seen"])) / max(r["seconds"], 1e-9), 1),
+                img_s=round(r["seen_now"] * env.world / max(r["seconds"], 1e-9), 1),
                 time=round(elapsed, 2))
 
 

@@ -104,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cnnzoo.train import fit
 
     history = fit(*_plan(args))
-    if history.run_dir is not None:
+    if history.is_main:
         print(f"run folder: {history.run_dir}  (best val top-1 {history.best_metric:.4f}; curves.png, last.pt, "
               "best.pt)")
     return 130 if history.stop_reason == "signal" else 0
