@@ -125,11 +125,20 @@ class _Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cnnzoo-infer")
         self.batches = self.images = 0  # counters for /v1/model and the tests
+        # images still being decoded: an open batch waits for them, and closes at once when there are none, so a
+        # lone request never pays the batching window
+        self.pending = 0
+
+    def enqueue(self, array: np.ndarray, pending: bool = False) -> asyncio.Future:
+        """Queue one image; the future gets its probabilities. ``pending``: it was counted in ``self.pending``."""
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((array, future))
+        if pending:
+            self.pending -= 1
+        return future
 
     async def submit(self, array: np.ndarray) -> np.ndarray:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((array, future))
-        return await future
+        return await self.enqueue(array)
 
     async def _collect(self) -> list:
         loop = asyncio.get_running_loop()
@@ -142,7 +151,7 @@ class _Batcher:
             except asyncio.QueueEmpty:
                 pass
             left = closes - loop.time()
-            if left <= 0:
+            if left <= 0 or self.pending <= 0:
                 break
             try:
                 items.append(await asyncio.wait_for(self.queue.get(), left))
@@ -244,8 +253,16 @@ class _Service:
 
     async def predict(self, uploads: list[tuple[str, bytes]], k: int) -> list[list[dict]]:
         loop = asyncio.get_running_loop()
-        arrays = await asyncio.gather(*(loop.run_in_executor(self.decoder, self.decode, d, n) for n, d in uploads))
-        rows = await asyncio.gather(*(self.batcher.submit(a) for a in arrays))
+        batcher = self.batcher
+        batcher.pending += len(uploads)
+        try:
+            arrays = await asyncio.gather(*(loop.run_in_executor(self.decoder, self.decode, d, n) for n, d in uploads))
+        except BaseException:
+            batcher.pending -= len(uploads)
+            raise
+        # queued synchronously, all at once: a deadline cancelling the gather cancels the futures, which the
+        # batcher then skips
+        rows = await asyncio.gather(*[batcher.enqueue(a, pending=True) for a in arrays])
         return [_topk(row, self.runtime.classes, k) for row in rows]
 
 
