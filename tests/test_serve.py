@@ -365,3 +365,13 @@ def test_load_mixed_good_and_bad(live, files):
     assert not wrong, wrong[:10]
     assert live["proc"].poll() is None  # still up
     assert httpx.post(live["url"] + "/v1/predict", content=good).status_code == 200
+
+
+def test_a_model_that_cannot_load_stops_the_server(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    result = subprocess.run([sys.executable, "-m", "cnnzoo", "serve", str(bad), "--port", str(free_port()),
+                             "--backend", "onnxruntime"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert result.returncode == 2
+    assert f"cnnzoo serve: error: cannot serve {bad}" in result.stderr and "not a loadable ONNX model" in result.stderr

@@ -205,6 +205,7 @@ class _Service:
         self.decoder = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cnnzoo-decode")
         self.batcher: _Batcher | None = None
         self.explainer = None
+        self.on_failure = None  # called when the model cannot be loaded (serve() stops the server)
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -220,8 +221,10 @@ class _Service:
             self.explainer = self._explainer()
             log.info("model %s ready on %s in %.2f s", rt.model_name, rt.backend, time.perf_counter() - started)
         except Exception as err:
-            self.failed = f"{type(err).__name__}: {err}"
+            self.failed = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
             log.error("model failed to load: %s", self.failed)
+            if self.on_failure is not None:
+                self.on_failure()
             raise
         finally:
             if self.failed is None and self.runtime is not None:
@@ -507,4 +510,11 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines%s", host, "" if token else " without a token")
     app = create_app(model, backend=backend, max_batch=max_batch, token=token, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                                           server_header=False))
+    service = app.state.service
+    # the model loads in the background (so /livez answers at once); a model that cannot load stops the server
+    service.on_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if service.failed:
+        raise UserError(f"cannot serve {model}: {service.failed}")
