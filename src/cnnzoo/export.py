@@ -137,7 +137,8 @@ def _resolve(source: str | Path | dict | nn.Module, input_size, meta: dict | Non
     from cnnzoo.checkpoint import build_model, load_checkpoint
 
     ckpt = load_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
-    stem = Path(source).stem if isinstance(source, (str, os.PathLike)) else ckpt["model_name"]
+    named = isinstance(source, (str, os.PathLike)) and not Path(source).is_dir()
+    stem = Path(source).stem if named else ckpt["model_name"]
     return build_model(ckpt), {**metadata(ckpt, input_size), **(meta or {})}, stem
 
 
@@ -481,7 +482,9 @@ def export(
     model, meta, stem = _resolve(source, size, meta)
     size = tuple(int(v) for v in meta["input_size"])
     if out is None:
-        base = Path(source).parent if isinstance(source, (str, os.PathLike)) else Path.cwd()
+        base = Path.cwd()
+        if isinstance(source, (str, os.PathLike)):  # beside the checkpoint, or inside the run folder given
+            base = Path(source) if Path(source).is_dir() else Path(source).parent
         out = base / (stem + ("-int8" if quantize else "") + SUFFIXES[format])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
