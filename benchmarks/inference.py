@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/inference.py [--quick] [--threads N] [--models lenet5,resnet18,...]
 
-For each network (random weights: speed does not depend on them) it saves a checkpoint, exports it to ONNX with
+For each network (random weights, BatchNorm statistics set from one random batch) it saves a checkpoint, exports it to ONNX with
 cnnzoo.export (parity-checked), opens each file with cnnzoo.runtime.open_runtime on each backend and measures
 `Runtime.logits`: latency at batch 1 (median and p90, ms) and throughput at batch 16 (images/s). Ratios are
 speed-ups over eager and the fraction of the best backend's speed; `auto` is the backend open_runtime(.onnx,
@@ -45,6 +45,23 @@ def timed(fn, iters: int, budget_s: float) -> list[float]:
     return times
 
 
+def calibrate_batchnorm(model, size: tuple[int, int, int]) -> None:
+    """BatchNorm statistics from one random batch, as training would set them. With the initial statistics
+    (mean 0, variance 1) the activations of a random MobileNet or EfficientNet shrink layer by layer into float32
+    denormals, which x86 computes 10-100x slower: PyTorch eager (no flush-to-zero) then looked 50x slower than
+    OpenVINO (which flushes them) for a reason no trained network has."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: exactly this batch's statistics
+    if norms:
+        with torch.no_grad():
+            model.train()(torch.randn(8, *size, generator=torch.Generator().manual_seed(0)))
+    model.eval()
+
+
 def prepare(name: str, size: tuple[int, int, int], folder: Path) -> tuple[Path, Path]:
     import torch
 
@@ -53,7 +70,8 @@ def prepare(name: str, size: tuple[int, int, int], folder: Path) -> tuple[Path, 
     from cnnzoo.registry import create_model
 
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10 if name == "lenet5" else 1000).eval()
+    model = create_model(name, num_classes=10 if name == "lenet5" else 1000)
+    calibrate_batchnorm(model, size)
     mean, std = ([0.5], [0.5]) if size[0] == 1 else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     ckpt = folder / f"{name}.pt"
     save_checkpoint(ckpt, {"model_name": name, "model_kwargs": {"num_classes": model.num_classes},
