@@ -76,6 +76,6 @@ def run_demo(out: str | Path | None = None, epochs: int | None = None) -> DemoRe
     seconds = time.perf_counter() - t0
     print(f"\nLeNet-5 {report.top1:.4f} vs RBF SVM {svm.accuracy:.4f}: the network is {verdict} the SVM "
           f"(training {train_seconds:.1f} s, demo {seconds:.1f} s)")
-    print(f"run folder: {run_dir}\n  curves: {run_dir / 'curves.png'}\n  confusion: {run_dir / 'eval' / 'confusion.png'}"
-          f"\n  samples: {run_dir / 'samples'}")
+    print(f"run folder: {run_dir}\n  curves: {run_dir / 'curves.png'}\n  confusion: "
+          f"{run_dir / 'eval' / 'confusion.png'}\n  samples: {run_dir / 'samples'}")
     return DemoResult(run_dir, report.top1, svm.accuracy, seconds, train_seconds, predictions)

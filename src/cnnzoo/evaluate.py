@@ -40,8 +40,8 @@ class EvalReport:
         lines = [f"top-1 {self.top1:.4f}   top-5 {self.top5:.4f}   loss {self.loss:.4f}   ({self.images} images, "
                  f"{len(self.misclassified)} misclassified)", "",
                  f"{'class':<{width}}  precision     recall         f1    support"]
-        lines += [f"{r['name']:<{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  {r['support']:>9}"
-                  for r in self.per_class]
+        lines += [f"{r['name']:<{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  "
+                  f"{r['support']:>9}" for r in self.per_class]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

@@ -553,13 +553,7 @@ def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, sp
     _seed_everything(config.seed, config.deterministic)
     ckpt, history = None, History(run_dir=run_dir)
     if config.resume:
-        ckpt, history.resumed_from = find_resumable(config.resume)
-        data.check_classes(ckpt["classes"])
-        if ckpt["model_name"] != spec["model_name"]:
-            raise UserError(f"{history.resumed_from} is a {ckpt['model_name']} checkpoint, not {spec['model_name']}")
-        spec.update(model_kwargs=ckpt["model_kwargs"], appended_fc=ckpt.get("appended_fc"))
-        ddp.print0(f"resuming from {history.resumed_from} (epoch {ckpt['train_state']['position']['epoch'] + 1}, "
-                   f"batch {ckpt['train_state']['position']['batch']})", env=env)
+        ckpt = _open_resume(config, data, spec, history, env)
     elif config.init:
         model, spec = _init_transfer(model, data, config, spec, env)
     if ckpt is not None:
@@ -579,18 +573,9 @@ def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, sp
                f"{trainable:,} trainable parameters, {config.opt} lr {config.lr:g}, {config.sched}, "
                f"{config.epochs} epochs of {len(train_loader)} steps, batch {config.batch_size} x {env.world}, "
                f"{env.device}" + (", amp" if config.amp else ""), env=env)
-    position = {"epoch": 0, "batch": 0, "stats": None}
-    global_step, elapsed = 0, 0.0
+    position, global_step, elapsed = {"epoch": 0, "batch": 0, "stats": None}, 0, 0.0
     if ckpt is not None:
-        ts = ckpt["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        step.scaler.load_state_dict(ts["scaler"])
-        history.epochs, history.best_metric = list(ts["history"]), ckpt["best_metric"]
-        position, global_step, elapsed = dict(ts["position"]), ckpt["step"], ts["elapsed"]
-        if not env.is_main and position["stats"]:
-            position["stats"] = _zero_stats()  # the file holds all ranks' sums; rank 0 carries them
-        _set_rng_state(ts["rng"])  # last: building the model and loaders above drew from the generators
+        position, global_step, elapsed = _restore_train_state(ckpt, optimizer, scheduler, step, history, env)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(dict(dataclasses.asdict(config), model=spec["model_name"],
@@ -605,6 +590,31 @@ def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, sp
         if env.is_main and history.epochs:
             _write_curves(run_dir, history.epochs)  # once at the end: matplotlib costs a second per figure
     return history
+
+
+def _open_resume(config: TrainConfig, data: Data, spec: dict, history: History, env: ddp.DistEnv) -> dict:
+    """The checkpoint to continue from, checked against the model and the data (classes, architecture)."""
+    ckpt, history.resumed_from = find_resumable(config.resume)
+    data.check_classes(ckpt["classes"])
+    if ckpt["model_name"] != spec["model_name"]:
+        raise UserError(f"{history.resumed_from} is a {ckpt['model_name']} checkpoint, not {spec['model_name']}")
+    spec.update(model_kwargs=ckpt["model_kwargs"], appended_fc=ckpt.get("appended_fc"))
+    where = ckpt["train_state"]["position"]
+    ddp.print0(f"resuming from {history.resumed_from} (epoch {where['epoch'] + 1}, batch {where['batch']})", env=env)
+    return ckpt
+
+
+def _restore_train_state(ckpt: dict, optimizer, scheduler, step: _Step, history: History, env: ddp.DistEnv):
+    ts = ckpt["train_state"]
+    optimizer.load_state_dict(ts["optimizer"])
+    scheduler.load_state_dict(ts["scheduler"])
+    step.scaler.load_state_dict(ts["scaler"])
+    history.epochs, history.best_metric = list(ts["history"]), ckpt["best_metric"]
+    position = dict(ts["position"])
+    if not env.is_main and position["stats"]:
+        position["stats"] = _zero_stats()  # the file holds all ranks' sums; rank 0 carries them
+    _set_rng_state(ts["rng"])  # last: building the model and loaders drew from the generators
+    return position, ckpt["step"], ts["elapsed"]
 
 
 def _loop(net, model, data, config, env, spec, run_dir, history, train_loader, val_loader, optimizer, scheduler,
@@ -635,7 +645,8 @@ def _loop(net, model, data, config, env, spec, run_dir, history, train_loader, v
             ddp.print0(_line(row), env=env)
             if r["stopped"]:
                 history.interrupted = epoch + 1 < config.epochs
-                history.stop_reason = ("signal" if step.stop.requested else "max_steps") if history.interrupted else None
+                if history.interrupted:
+                    history.stop_reason = "signal" if step.stop.requested else "max_steps"
                 break
 
 

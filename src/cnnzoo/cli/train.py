@@ -119,7 +119,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       name=args.data, data_dir=args.data_dir, limit=args.limit, download=args.download or None)
     folder = Path(args.out) if args.out else Path(args.checkpoint).with_suffix("").parent / f"eval-{args.split}"
     paths = report.write(folder)
-    print(json.dumps(report.to_dict(), indent=1) if args.json else f"{report.table()}\n\nwrote {', '.join(map(str, paths))}")
+    wrote = ", ".join(map(str, paths))
+    print(json.dumps(report.to_dict(), indent=1) if args.json else f"{report.table()}\n\nwrote {wrote}")
     return 0
 
 
