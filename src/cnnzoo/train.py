@@ -232,7 +232,7 @@ class _StopFlag:
         self._previous: dict = {}
 
     def __enter__(self):
-        if threading_main():
+        if _in_main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -247,7 +247,7 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def threading_main() -> bool:
+def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
