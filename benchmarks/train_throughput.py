@@ -89,7 +89,10 @@ def _time_to_svm(folder: Path) -> tuple[float, float, float | None, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a rough number in about a minute)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rows = [_case(n, d, kw, bs, quick if args.quick else full, folder) for n, d, kw, bs, full, quick in CASES]

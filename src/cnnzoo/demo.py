@@ -50,6 +50,19 @@ def _save_samples(data, folder: Path) -> list[Path]:
 
 def run_demo(out: str | Path | None = None, epochs: int | None = None) -> DemoResult:
     """Run the demo, printing each stage; returns the accuracies and where everything was written."""
+    import torch
+
+    # LeNet-5 at batch 32 is too small to split across cores: one thread runs it at full speed, and spares the
+    # demo OpenMP threads spinning against whatever else the machine runs (10x slower on a busy 2-core box).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: str | Path | None, epochs: int | None) -> DemoResult:
     from cnnzoo.baseline import svm_baseline
     from cnnzoo.data import load_data
     from cnnzoo.evaluate import evaluate
