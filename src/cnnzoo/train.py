@@ -514,8 +514,12 @@ def _write_curves(run_dir: Path, epochs: list[dict]) -> None:
 COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "img_s", "time")
 
 
+FORMATS = {"lr": ">10.2e", "img_s": ">10.0f", "time": ">10.2f"}  # the other float columns: 4 decimals
+
+
 def _line(row: dict) -> str:
-    return "  ".join(f"{row[c]:>10.4f}" if isinstance(row[c], float) else f"{row[c]:>10}" for c in COLUMNS)
+    return "  ".join(f"{row[c]:{FORMATS.get(c, '>10.4f')}}" if isinstance(row[c], float) else f"{row[c]:>10}"
+                     for c in COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------- fit
