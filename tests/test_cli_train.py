@@ -104,3 +104,14 @@ def test_entry_point_runs_train_help():
     proc = subprocess.run([sys.executable, "-m", "cnnzoo", "train", "--help"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and "--resume" in proc.stdout and "--lr-backbone" in proc.stdout
+
+
+def test_demo_wiring(tmp_path, capsys):
+    # One epoch: the wiring of the main job (train, evaluate, SVM, PNGs, predict); the exit code says whether the
+    # network beat the SVM, which one epoch of LeNet-5 does not (the full demo does: see benchmarks/).
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo")]) == 1
+    out = capsys.readouterr().out
+    assert "RBF SVM on pixels" in out and "WORSE than" in out and f"run folder: {tmp_path / 'demo'}" in out
+    pngs = sorted((tmp_path / "demo" / "samples").glob("*.png"))
+    assert len(pngs) == 8 and all(f"{p}: " in out for p in pngs)  # each predicted by cnnzoo.predict
+    assert (tmp_path / "demo" / "eval" / "confusion.png").exists() and (tmp_path / "demo" / "curves.png").exists()
