@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) -m cnnzoo demo
 
 test: $(STAMP) browser-deps
-	$(PY) -m pytest -n 2 --durations=15 -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15 -q
 
 # Debian's chromium for tests/test_browser.py (driven by Playwright); nothing to do when it is already there.
 browser-deps:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/inference.py [--quick] [--threads N] [--models lenet5,resnet18,...]
 
 For each network (random weights, BatchNorm statistics set from one random batch) it saves a checkpoint, exports it to ONNX with
-cnnzoo.export (parity-checked), opens each file with cnnzoo.runtime.open_runtime on each backend and measures
+cnnzoo.exporting (parity-checked), opens each file with cnnzoo.runtime.open_runtime on each backend and measures
 `Runtime.logits`: latency at batch 1 (median and p90, ms) and throughput at batch 16 (images/s). Ratios are
 speed-ups over eager and the fraction of the best backend's speed; `auto` is the backend open_runtime(.onnx,
 "auto") picks. Then the service: `cnnzoo serve mobilenet_v2.onnx` in a subprocess, requests/s and p50/p99
@@ -66,7 +66,7 @@ def prepare(name: str, size: tuple[int, int, int], folder: Path) -> tuple[Path, 
     import torch
 
     from cnnzoo.checkpoint import save_checkpoint
-    from cnnzoo.export import export
+    from cnnzoo.exporting import export
     from cnnzoo.registry import create_model
 
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import textwrap
 
 from cnnzoo.checkpoint import load_checkpoint
 from cnnzoo.data import load_data
-from cnnzoo.evaluate import evaluate
+from cnnzoo.evaluation import evaluate
 
 # Rank 1 of the first attempt kills itself (SIGKILL: no cleanup, no checkpoint) at its 8th training step, that
 # is step 3 of epoch 2 (5 steps per epoch). Rank 0 has written last.pt for epoch 1 by then: rank 1's steps of

@@ -11,7 +11,7 @@ from torch import nn
 
 from cnnzoo.cli import main
 from cnnzoo.errors import UserError
-from cnnzoo.explain import METHODS, explain
+from cnnzoo.explanation import METHODS, explain
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import create_model
 
@@ -122,7 +122,6 @@ def test_every_method_has_its_documented_shape(trained, tmp_path):
 
 def test_target_layer_and_method_choices(trained):
     import cnnzoo
-    import cnnzoo.explain  # noqa: F401  (binds the submodule on the package: cnnzoo.explain must still be callable)
 
     model, inputs, _, _ = trained
     x = inputs[0]

@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-import cnnzoo.predict
+import cnnzoo
 from cnnzoo import runtime as rt
 from cnnzoo.checkpoint import build_model, save_checkpoint
 from cnnzoo.cli import main
 from cnnzoo.cli.predict import BACKENDS
 from cnnzoo.errors import UserError
-from cnnzoo.export import export
-from cnnzoo.predict import Prediction, expand_sources, predict
+from cnnzoo.exporting import export
+from cnnzoo.prediction import Prediction, expand_sources, predict
 from cnnzoo.registry import create_model
 from cnnzoo.runtime import META_KEY, open_runtime
 
@@ -132,10 +132,11 @@ def test_runtimes_agree_with_pytorch(models, images):
 def test_auto_backend(models, monkeypatch):
     assert open_runtime(models["pt"]).backend == "torch"
     assert open_runtime(models["folder"]).backend == "torch"  # a run folder: its checkpoint
-    assert open_runtime(models["onnx"]).backend == "openvino"
-    assert open_runtime(models["xml"]).backend == "openvino"
-    monkeypatch.setattr(rt, "_available", lambda backend: backend != "openvino")
     assert open_runtime(models["onnx"]).backend == "onnxruntime"
+    assert open_runtime(models["xml"]).backend == "openvino"
+    monkeypatch.setattr(rt, "_available", lambda backend: backend != "onnxruntime")
+    assert open_runtime(models["onnx"]).backend == "openvino"
+    monkeypatch.setattr(rt, "_available", lambda backend: backend != "openvino")
     with pytest.raises(UserError, match="needs one of openvino, and none is installed"):
         open_runtime(models["xml"])
 
@@ -144,7 +145,7 @@ def test_open_runtime_errors(models, tmp_path, monkeypatch):
     cases = [
         (models["onnx"], "tensorrt", "unknown backend 'tensorrt'"),
         (tmp_path / "missing.onnx", "auto", "no such model file"),
-        (models["onnx"], "torch", "cannot run .*model.onnx, which is an ONNX model: use --backend openvino or onnx"),
+        (models["onnx"], "torch", "cannot run .*model.onnx, which is an ONNX model: use --backend onnxruntime or openvino"),
         (models["xml"], "onnxruntime", "which is an OpenVINO IR: use --backend openvino"),
         (models["pt"], "onnxruntime", "which is a PyTorch checkpoint: export it first"),
     ]

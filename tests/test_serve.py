@@ -22,9 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cnnzoo.export import export
+from cnnzoo.exporting import export
 from cnnzoo.runtime import open_runtime, softmax
-from cnnzoo.serve import Limits, _Batcher, create_app
+from cnnzoo.serving import Limits, _Batcher, create_app
 from test_export import digits_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +258,7 @@ TORCH_FREE = """
 import sys, resource, time
 start = time.perf_counter()
 from cnnzoo.cli import build_parser
-from cnnzoo.serve import create_app
+from cnnzoo.serving import create_app
 from fastapi.testclient import TestClient
 build_parser()
 app = create_app(sys.argv[1], backend=sys.argv[2])

@@ -14,7 +14,7 @@ from cnnzoo import checkpoint as ckpt_mod
 from cnnzoo.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from cnnzoo.data import load_data
 from cnnzoo.errors import UserError
-from cnnzoo.evaluate import evaluate as evaluate_checkpoint
+from cnnzoo.evaluation import evaluate as evaluate_checkpoint
 from cnnzoo.train import (SCHEDULES, NonFiniteLossError, TrainConfig, _loss, _param_groups, _schedule,
                           build_for_data, find_resumable, fit)
 

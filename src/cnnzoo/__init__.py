@@ -8,11 +8,31 @@ import importlib
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it. The modules are named apart from their functions
+# (cnnzoo.prediction defines predict), so that importing a module never shadows a function here.
 _API = {
     "list_models": "cnnzoo.registry",
     "create_model": "cnnzoo.registry",
     "model_info": "cnnzoo.registry",
     "summarize": "cnnzoo.summary",
+    "load_data": "cnnzoo.data",
+    "split_data": "cnnzoo.data",
+    "TrainConfig": "cnnzoo.train",
+    "fit": "cnnzoo.train",
+    "build_for_data": "cnnzoo.train",
+    "save_checkpoint": "cnnzoo.checkpoint",
+    "load_checkpoint": "cnnzoo.checkpoint",
+    "build_model": "cnnzoo.checkpoint",
+    "evaluate": "cnnzoo.evaluation",
+    "predict": "cnnzoo.prediction",
+    "open_runtime": "cnnzoo.runtime",
+    "open_image": "cnnzoo.images",
+    "load_pretrained": "cnnzoo.transfer",
+    "apply_finetune": "cnnzoo.transfer",
+    "explain": "cnnzoo.explanation",
+    "export": "cnnzoo.exporting",
+    "serve": "cnnzoo.serving",
+    "svm_baseline": "cnnzoo.baseline",
 }
 
 __all__ = sorted(_API)

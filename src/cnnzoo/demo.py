@@ -65,8 +65,8 @@ def run_demo(out: str | Path | None = None, epochs: int | None = None) -> DemoRe
 def _run(out: str | Path | None, epochs: int | None) -> DemoResult:
     from cnnzoo.baseline import svm_baseline
     from cnnzoo.data import load_data
-    from cnnzoo.evaluate import evaluate
-    from cnnzoo.predict import predict
+    from cnnzoo.evaluation import evaluate
+    from cnnzoo.prediction import predict
     from cnnzoo.train import TrainConfig, build_for_data, fit
 
     t0 = time.perf_counter()

@@ -113,4 +113,7 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
         raise UserError(f"{name} does not support small_input=True")
     if kwargs.get("small_input") is False:
         kwargs.pop("small_input")
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    # How it was built, so that fit can write a checkpoint that rebuilds it (nanoGPT's model_args).
+    model.cnnzoo_spec = {"model_name": name, "model_kwargs": kwargs}
+    return model

@@ -1,14 +1,16 @@
 """Inference runtimes: one interface over PyTorch, ONNX Runtime and OpenVINO, for predict, explain and serve.
 
     open_runtime("runs/x/best.pt")              -> TorchRuntime     (a cnnzoo checkpoint, or a TorchScript export)
-    open_runtime("model.onnx")                  -> OpenVINORuntime  (auto: OpenVINO, else ONNX Runtime)
+    open_runtime("model.onnx")                  -> OnnxRuntime      (auto: ONNX Runtime, else OpenVINO)
     open_runtime("model.onnx", "onnxruntime")   -> OnnxRuntime
     open_runtime("model.xml")                   -> OpenVINORuntime  (OpenVINO IR)
 
 An exported file carries the model's metadata (model name, classes, input size, normalisation, eval resize) as a
 JSON string under META_KEY: in the ONNX model's metadata_props, or in the OpenVINO IR's rt_info. So the file
-alone is enough to predict. "auto" picks the fastest runtime available on CPU: OpenVINO, then ONNX Runtime for
-exported files (issue 7's measurements: ORT ~6x PyTorch eager on MobileNetV2 at batch 1, OpenVINO ~2x ORT).
+alone is enough to predict. "auto" picks the fastest runtime available on CPU: ONNX Runtime, then OpenVINO for
+.onnx files. benchmarks/inference.py decides the order: in f32 ONNX Runtime was the fastest or within 3% of
+OpenVINO on every row (lenet5, resnet18, mobilenet_v2, efficientnet_b0 at batch 1 and 16), and OpenVINO was up
+to 2x slower on the smallest networks, where its per-call overhead dominates.
 
 Importing this module does not import torch, and neither do the ONNX Runtime and OpenVINO paths: a service
 running an .onnx starts fast and small. Only TorchRuntime imports torch, when it is opened.
@@ -347,7 +349,7 @@ def _kind(path: Path) -> str:
 
 
 # The backends each kind of file can run on, fastest on CPU first: the order "auto" tries them in.
-_RUNS_ON = {"checkpoint": ("torch",), "onnx": ("openvino", "onnxruntime"), "openvino-ir": ("openvino",)}
+_RUNS_ON = {"checkpoint": ("torch",), "onnx": ("onnxruntime", "openvino"), "openvino-ir": ("openvino",)}
 _KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "onnx": "an ONNX model", "openvino-ir": "an OpenVINO IR"}
 
 

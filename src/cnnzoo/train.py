@@ -195,7 +195,6 @@ def build_for_data(model_name: str, data: Data, small_input: bool = False, seed:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create_model(model_name, **model_kwargs)
-    model.cnnzoo_spec = {"model_name": model_name, "model_kwargs": model_kwargs, "appended_fc": None}
     return model
 
 
@@ -535,7 +534,10 @@ def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None) -
         model = build_for_data(model, data, small_input=config.small_input, seed=config.seed)
     spec = getattr(model, "cnnzoo_spec", None)
     if spec is None:
-        raise UserError("fit needs a registered model name or a model from cnnzoo.train.build_for_data")
+        raise UserError("fit needs a registered model name or a model built by cnnzoo.create_model")
+    spec = dict(spec, appended_fc=spec.get("appended_fc"))
+    if getattr(model, "appended_fc", None) is None:  # reset_classifier may have changed the class count
+        spec["model_kwargs"] = dict(spec["model_kwargs"], num_classes=model.num_classes)
     config = resolve_defaults(config, spec["model_name"])
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     env = ddp.setup(config.device)

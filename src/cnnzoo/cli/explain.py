@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Spelled out here (equal to cnnzoo.explain.METHODS, a test checks it) so that --help does not import torch.
+# Spelled out here (equal to cnnzoo.explanation.METHODS, a test checks it) so that --help does not import torch.
 METHODS = ("cam", "gradcam", "gradcam++", "saliency", "guided-backprop", "deconvnet", "features")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from cnnzoo.explain import explain
+    from cnnzoo.explanation import explain
 
     result = explain(args.checkpoint, args.image, method=args.method, target=args.target, layer=args.layer)
     out = result.save(args.out or f"{Path(args.image).stem}_{args.method}.png")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-# Spelled out here rather than imported from cnnzoo.export, so that `--help` does not import torch.
+# Spelled out here rather than imported from cnnzoo.exporting, so that `--help` does not import torch.
 FORMATS = ("onnx", "torchscript", "openvino")
 METHODS = ("trace", "script")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cnnzoo.export import export
+    from cnnzoo.exporting import export
 
     calib, val = args.calib_data, args.val_data
     if args.data:

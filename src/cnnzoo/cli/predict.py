@@ -17,7 +17,7 @@ def _positive(value: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnnzoo.predict import expand_sources, predict
+    from cnnzoo.prediction import expand_sources, predict
     from cnnzoo.runtime import open_runtime
 
     paths = expand_sources(args.images)  # a mistyped path fails before a large model is loaded

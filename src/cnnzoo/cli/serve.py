@@ -10,7 +10,7 @@ MB = 1024 * 1024
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cnnzoo.serve import Limits, serve
+    from cnnzoo.serving import Limits, serve
 
     limits = Limits(max_body_bytes=int(args.max_body_mb * MB), max_pixels=args.max_pixels,
                     max_in_flight=args.max_in_flight, timeout_s=args.timeout, max_images=args.max_images,

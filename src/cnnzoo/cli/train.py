@@ -1,4 +1,4 @@
-"""`cnnzoo train | evaluate | split-data | baseline | demo`: thin handlers over cnnzoo.train, cnnzoo.evaluate,
+"""`cnnzoo train | evaluate | split-data | baseline | demo`: thin handlers over cnnzoo.train, cnnzoo.evaluation,
 cnnzoo.data, cnnzoo.baseline and cnnzoo.demo. torch is imported only when a handler runs."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnzoo.evaluate import evaluate
+    from cnnzoo.evaluation import evaluate
 
     report = evaluate(args.checkpoint, split=args.split, batch_size=args.batch_size, device=args.device,
                       name=args.data, data_dir=args.data_dir, limit=args.limit, download=args.download or None)

@@ -2,7 +2,7 @@
 
     POST /v1/predict          one image (multipart field "file", or the raw request body) -> top-k classes
     POST /v1/predict/batch    several images (multipart, any number of file parts up to the limit)
-    POST /v1/explain          the CAM overlay of one image (torch backend, when cnnzoo.explain is installed)
+    POST /v1/explain          the CAM overlay of one image (torch backend, when cnnzoo.explanation is installed)
     GET  /v1/model            name, classes, input size, backend, limits
     GET  /livez  /readyz  /healthz     process up / model loaded and warmed up / both
     GET  /                    a small web page: drop an image, see the top-5 classes (and the CAM overlay)
@@ -50,7 +50,7 @@ from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, Unsuppo
 
 __all__ = ["Limits", "create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
 
-log = logging.getLogger("cnnzoo.serve")
+log = logging.getLogger("cnnzoo.serving")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 MB = 1024 * 1024
 
@@ -231,8 +231,8 @@ class _Service:
                 self.ready.set()
 
     def _explainer(self):
-        # CAM overlays need the torch network itself: offered only on the torch backend, when cnnzoo.explain exists.
-        if getattr(self.runtime, "backend", None) != "torch" or importlib.util.find_spec("cnnzoo.explain") is None:
+        # CAM overlays need the torch network itself: offered only on the torch backend, when cnnzoo.explanation exists.
+        if getattr(self.runtime, "backend", None) != "torch" or importlib.util.find_spec("cnnzoo.explanation") is None:
             return None
         if getattr(self.runtime, "model", None) is None:
             return None
@@ -277,7 +277,7 @@ def _cam_png(runtime, image) -> str:
 
     from PIL import Image
 
-    from cnnzoo.explain import explain
+    from cnnzoo.explanation import explain
 
     array = runtime.preprocess(image)
     try:
@@ -430,7 +430,7 @@ def create_app(
     async def explain(request: Request):
         async def work():
             if service.explainer is None:
-                raise HTTPException(404, "explanations need the torch backend and cnnzoo.explain")
+                raise HTTPException(404, "explanations need the torch backend")
             ((name, data),) = await _read_uploads(request, limits, many=False)
             rt = service.runtime
             image = open_image(data, channels=int(rt.input_size[0]), max_pixels=limits.max_pixels, name=name)

@@ -22,8 +22,6 @@ Guided backprop and deconvnet see only ``nn.ReLU`` modules, not functional calls
 from __future__ import annotations
 
 import difflib
-import sys
-import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,14 +339,3 @@ def explain(
         method, result.numpy(), shown, name, target, predicted, float(probs[predicted]), float(probs[target]),
         classes, raw, neuron,
     )
-
-
-class _CallableModule(types.ModuleType):
-    """``cnnzoo.explain`` names both this module and its function: once the module is imported, the package
-    attribute is the module (Python binds submodules on their parent), so calling the module calls the function."""
-
-    def __call__(self, *args, **kwargs) -> Explanation:
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

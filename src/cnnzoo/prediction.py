@@ -10,8 +10,6 @@ in their result's ``error``; every other file is still predicted. Torch is impor
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,14 +129,3 @@ def _predict_batch(runtime: Runtime, paths: Sequence[Path], topk: int) -> list[P
     for result, top in zip(good, runtime.predict(images, topk=topk)):
         result.topk = top
     return results
-
-
-class _CallableModule(types.ModuleType):
-    # `cnnzoo.predict(...)` is the documented API, but once this module is imported the package attribute
-    # `cnnzoo.predict` is the module itself (the import system sets it), not the function: calling the module
-    # calls the function, so both spellings work whatever was imported first.
-    def __call__(self, *args, **kwargs) -> list[Prediction]:
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
