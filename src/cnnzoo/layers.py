@@ -11,6 +11,7 @@ __all__ = [
     "LocalResponseNorm",
     "SqueezeExcite",
     "DropPath",
+    "init_weights",
     "make_divisible",
     "channel_shuffle",
     "ChannelShuffle",
@@ -29,6 +30,22 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "hswish": nn.Hardswish,  # MobileNetV3
     "hsigmoid": nn.Hardsigmoid,
 }
+
+
+def init_weights(module: nn.Module, conv_mode: str = "fan_out", linear_std: float | None = 0.01) -> None:
+    """The classic CNN initialisation, for ``model.apply(partial(init_weights, ...))``: He-normal convolutions
+    (He et al. 2015; "fan_out" as torchvision, "fan_in" keeps the forward signal's scale), zero biases, unit
+    batch norm, N(0, linear_std) linear layers (None keeps PyTorch's default for them)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode=conv_mode, nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear) and linear_std is not None:
+        nn.init.normal_(module.weight, 0.0, linear_std)
+        nn.init.zeros_(module.bias)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:

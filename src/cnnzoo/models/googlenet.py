@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import UserError
-from cnnzoo.layers import ConvBNAct, LocalResponseNorm
+from cnnzoo.layers import ConvBNAct, LocalResponseNorm, init_weights
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -270,23 +270,10 @@ class GoogLeNet(ZooModel):
                 aux.fc2 = nn.Linear(aux.fc2.in_features, num_classes).to(aux.fc2.weight.device)
 
 
-def init_kaiming(m: nn.Module) -> None:
-    """He-normal convolutions (fan_in: the forward signal keeps its scale), unit BatchNorm, N(0, 0.01) linear
-    layers; used with ``Module.apply``.
-
-    Not torchvision's truncated normal (std 0.01 for GoogLeNet, 0.1 for Inception-v3): with BatchNorm's initial
-    running statistics that makes an untrained network's eval-mode outputs vanish (~1e-19) or explode (~1e12),
-    which breaks export checks and explanations of freshly built models. Loaded weights replace it anyway."""
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, 0.0, 0.01)
-        nn.init.zeros_(m.bias)
+# He-normal with fan_in, not torchvision's truncated normal (std 0.01 for GoogLeNet, 0.1 for Inception-v3): with
+# BatchNorm's initial running statistics that makes an untrained network's eval-mode outputs vanish (~1e-19) or
+# explode (~1e12), which breaks export checks and explanations of freshly built models. Loaded weights replace it.
+init_kaiming = partial(init_weights, conv_mode="fan_in")
 
 
 def _init_caffe_xavier(m: nn.Module) -> None:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from cnnzoo.layers import ConvBNAct, InvertedResidual, make_divisible, set_batchnorm
+from cnnzoo.layers import ConvBNAct, InvertedResidual, init_weights, make_divisible, set_batchnorm
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -99,18 +99,6 @@ V3_SMALL = [
 ]
 
 
-def _init_weights(m: nn.Module) -> None:
-    # torchvision's MobileNet initialisation
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, 0, 0.01)
-        nn.init.zeros_(m.bias)
 
 
 class DepthwiseSeparable(nn.Sequential):
@@ -151,7 +139,7 @@ class MobileNetV1(ZooModel):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(channels, num_classes)
         self.num_classes, self.num_features = num_classes, channels
-        self.apply(_init_weights)
+        self.apply(init_weights)  # torchvision's: He fan_out, N(0, 0.01) linear
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -189,7 +177,7 @@ class MobileNetV2(ZooModel):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last_channels, num_classes))
         self.num_classes, self.num_features = num_classes, last_channels
-        self.apply(_init_weights)
+        self.apply(init_weights)  # torchvision's: He fan_out, N(0, 0.01) linear
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -237,7 +225,7 @@ class MobileNetV3(ZooModel):
             nn.Linear(head_channels, num_classes),
         )
         self.num_classes, self.num_features = num_classes, last_conv
-        self.apply(_init_weights)
+        self.apply(init_weights)  # torchvision's: He fan_out, N(0, 0.01) linear
         set_batchnorm(self, eps=1e-3, momentum=0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from cnnzoo.layers import ConvBNAct
+from cnnzoo.layers import ConvBNAct, init_weights
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -92,7 +92,7 @@ class NiN(ZooModel):
         self.classifier = nn.Conv2d(in_chans, num_classes, 1)
         self.num_features, self.num_classes = in_chans, num_classes
         self.stage_names = tuple(f"features.mlpconv{i}" for i in range(1, len(rows) + 1))
-        self.apply(_init_weights)
+        self.apply(partial(init_weights, conv_mode="fan_in"))  # no BN: keep the forward scale
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -109,11 +109,6 @@ class NiN(ZooModel):
         self.num_classes = num_classes
 
 
-def _init_weights(m: nn.Module) -> None:
-    # Without batch norm, nine stacked convolutions need a ReLU-aware initialisation to start training.
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        nn.init.zeros_(m.bias)
 
 
 register = partial(register_model, "NiN", NIN_PAPER)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.errors import UserError
-from cnnzoo.layers import DropPath, SqueezeExcite, make_divisible
+from cnnzoo.layers import DropPath, SqueezeExcite, init_weights, make_divisible
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -374,13 +374,6 @@ def _stem(kind: str, in_chans: int, small_input: bool) -> tuple[nn.Module, int]:
     return nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False), 64
 
 
-def _init_weights(module: nn.Module) -> None:
-    # torchvision's initialisation (He et al. 2015b for convolutions, unit BN); linear layers keep PyTorch's
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class ResNet(ZooModel):
@@ -437,7 +430,7 @@ class ResNet(ZooModel):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.num_classes, self.num_features = num_classes, IMAGENET_PLANES[-1] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)
-        self.apply(_init_weights)
+        self.apply(partial(init_weights, linear_std=None))  # torchvision's
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -491,7 +484,7 @@ class CifarResNet(ZooModel):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.num_classes, self.num_features = num_classes, planes[-1] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)
-        self.apply(_init_weights)
+        self.apply(partial(init_weights, linear_std=None))  # torchvision's
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import UserError
-from cnnzoo.layers import ChannelShuffle, ConvBNAct, channel_shuffle, make_divisible
+from cnnzoo.layers import ChannelShuffle, ConvBNAct, channel_shuffle, init_weights, make_divisible
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -114,7 +114,7 @@ class ShuffleNetV1(ZooModel):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
         self.num_classes, self.num_features = num_classes, channels
-        self.apply(_init_weights)
+        self.apply(init_weights)  # torchvision's: He fan_out, N(0, 0.01) linear
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))
@@ -197,7 +197,7 @@ class ShuffleNetV2(ZooModel):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(last, num_classes)
         self.num_classes, self.num_features = num_classes, last
-        self.apply(_init_weights)
+        self.apply(init_weights)  # torchvision's: He fan_out, N(0, 0.01) linear
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))
@@ -207,15 +207,6 @@ class ShuffleNetV2(ZooModel):
         return self.fc(self.dropout(x.mean((2, 3))))
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, 0, 0.01)
-        nn.init.zeros_(m.bias)
 
 
 register_v1 = partial(register_model, "ShuffleNetV1", SHUFFLENET_V1, small_input=True)

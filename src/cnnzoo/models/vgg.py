@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from cnnzoo.layers import LocalResponseNorm
+from cnnzoo.layers import LocalResponseNorm, init_weights
 from cnnzoo.models.alexnet import PAPER_LRN
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
@@ -114,7 +114,7 @@ class VGG(ZooModel):
         # The paper's five conv blocks, then fc6 and fc7. A stage is named by its first layer: torchvision's flat
         # `features` has no per-block container, and fine-tuning trains everything from a stage's first layer on.
         self.stage_names = tuple(f"features.{i}" for i in starts) + ("classifier.0", "classifier.3")
-        self.apply(_init_weights)
+        self.apply(init_weights)  # torchvision's: He fan_out, N(0, 0.01) linear
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -123,17 +123,6 @@ class VGG(ZooModel):
         return self.classifier(torch.flatten(self.avgpool(x), 1))
 
 
-def _init_weights(m: nn.Module) -> None:
-    # torchvision's VGG initialisation, so that a freshly built model matches theirs in distribution.
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, 0, 0.01)
-        nn.init.zeros_(m.bias)
 
 
 register = partial(register_model, "VGG", VGG_PAPER, small_input=True)
