@@ -115,3 +115,11 @@ def test_demo_wiring(tmp_path, capsys):
     pngs = sorted((tmp_path / "demo" / "samples").glob("*.png"))
     assert len(pngs) == 8 and all(f"{p}: " in out for p in pngs)  # each predicted by cnnzoo.predict
     assert (tmp_path / "demo" / "eval" / "confusion.png").exists() and (tmp_path / "demo" / "curves.png").exists()
+
+
+def test_cli_dataset_choices_are_the_library_s():
+    # Spelled out in the CLI so that `--help` does not import torch; they must not drift apart.
+    from cnnzoo import data
+    from cnnzoo.cli import train as cli_train
+
+    assert cli_train.DATASETS == data.DATASETS

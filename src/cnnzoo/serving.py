@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException
 
 from cnnzoo.errors import UserError
 from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, UnsupportedFormat, open_image, preprocess
+from cnnzoo.runtime import softmax
 
 __all__ = ["Limits", "create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
 
@@ -168,7 +169,7 @@ class _Batcher:
             batch = np.stack([a for a, _ in items])
             try:
                 logits = await loop.run_in_executor(self.executor, self.runtime.logits, batch)
-                probs = _softmax(np.asarray(logits, dtype=np.float64))
+                probs = softmax(np.asarray(logits))
             except Exception as err:  # a runtime failure fails this batch's requests, not the service
                 log.exception("inference failed on a batch of %d", len(items))
                 for _, future in items:
@@ -179,12 +180,6 @@ class _Batcher:
             for (_, future), row in zip(items, probs):
                 if not future.done():
                     future.set_result(row)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _topk(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:

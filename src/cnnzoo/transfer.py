@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnzoo.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from cnnzoo.errors import UserError
 from cnnzoo.models.base import ZooModel
 
 __all__ = ["LoadReport", "load_pretrained", "apply_finetune", "append_classifier", "freeze_norm_stats"]
 
-CHECKPOINT_FORMAT = "cnnzoo-checkpoint"
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # dicts that training scripts wrap weights in
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 AUX_RE = re.compile(r"^aux", re.IGNORECASE)  # top-level module names of auxiliary heads: aux1, aux2, AuxLogits
