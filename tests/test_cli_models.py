@@ -43,10 +43,16 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_bad_flag_value_is_a_usage_error(capsys):
+@pytest.mark.parametrize("size", ["big", "0x32", "1x2x3x4"])
+def test_bad_flag_value_is_a_usage_error(size, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["summary", "lenet5", "--input-size", "32"])
-    assert exit_info.value.code == 2
+        main(["summary", "lenet5", "--input-size", size])
+    assert exit_info.value.code == 2 and "--input-size" in capsys.readouterr().err
+
+
+def test_input_size_without_channels_keeps_the_model_s(capsys):
+    assert main(["summary", "lenet5", "--input-size", "32", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == [1, 32, 32]
 
 
 def test_version_in_a_fresh_process():

@@ -23,6 +23,19 @@ except Exception:  # running from a source tree without installing
     __version__ = "0+unknown"
 
 
+def input_size_arg(text: str) -> tuple[int, ...]:
+    """argparse type of every --input-size: 'CxHxW' (3x224x224), or 'HxW' / 'H' to keep the channels of the
+    model or the data. Commas work as separators too."""
+    try:
+        size = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size must look like 3x224x224, 224x224 or 224, not {text!r}") from None
+    size = size * 2 if len(size) == 1 else size
+    if len(size) not in (2, 3) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"input size must be CxHxW, HxW or H with positive sizes, not {text!r}")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnzoo", description="The classic image-classification CNNs.")
     parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")

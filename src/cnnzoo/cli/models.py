@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnzoo.cli import input_size_arg
 from cnnzoo.errors import UserError
-
-
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """'3x224x224' -> (3, 224, 224). The channel count is always explicit."""
-    try:
-        size = tuple(int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"input size must look like 3x224x224, not {text!r}") from None
-    if len(size) != 3 or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"input size must be CxHxW with positive sizes, not {text!r}")
-    return size
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -40,6 +30,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     info = model_info(args.model)
     input_size = args.input_size or info.input_size
+    if len(input_size) == 2:  # HxW: the model's own channels
+        input_size = (info.input_size[0], *input_size)
     with torch.device("meta"):  # shapes only: no weights, no arithmetic
         model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0],
                              small_input=args.small_input or None)
@@ -58,7 +50,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("summary", help="layer-by-layer table of a network",
                               description="Output shape, parameters, MACs, receptive field and jump of every layer.")
     p.add_argument("model")
-    p.add_argument("--input-size", type=parse_input_size, metavar="CxHxW", help="default: the model's own")
+    p.add_argument("--input-size", type=input_size_arg, metavar="CxHxW", help="default: the model's own")
     p.add_argument("--num-classes", type=int, help="default: the model's own")
     p.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem for 32x32 inputs")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")

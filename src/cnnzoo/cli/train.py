@@ -6,16 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from cnnzoo.cli import input_size_arg
+
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "fake")  # = cnnzoo.data's
-
-
-def _size(text: str) -> tuple[int, ...]:
-    parts = tuple(int(p) for p in text.replace("x", ",").split(",") if p)
-    if len(parts) == 1:
-        return parts * 2
-    if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"--input-size takes H, HxW or C,H,W; got {text!r}")
-    return parts
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -28,7 +21,7 @@ def _data_args(p: argparse.ArgumentParser, required: bool) -> None:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="registered model name (omit with --resume)")
     _data_args(p, required=False)
-    p.add_argument("--input-size", type=_size, help="H, HxW or C,H,W (default: the dataset's / the model's)")
+    p.add_argument("--input-size", type=input_size_arg, help="H, HxW or C,H,W (default: the dataset's / the model's)")
     p.add_argument("--strict-data", action="store_true", help="an unreadable image is an error, not a warning")
     p.add_argument("--num-classes", type=int, default=10, help="classes of --data fake")
     g = p.add_argument_group("optimisation (defaults: the model family's)")
@@ -174,7 +167,7 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("baseline", help="RBF SVM on raw pixels or CNN features, on the CNN's split")
     p.add_argument("method", choices=("svm",))
     _data_args(p, required=True)
-    p.add_argument("--input-size", type=_size)
+    p.add_argument("--input-size", type=input_size_arg)
     p.add_argument("--features", metavar="CKPT", help="use the pooled features of this trained CNN")
     p.set_defaults(handler=_cmd_baseline)
 
