@@ -174,3 +174,14 @@ def test_cli_explain(tmp_path, capsys):
     assert "global average pooling" in capsys.readouterr().err
     assert main(["explain", *args, "--layer", "nope"]) == 2
     assert "valid layers: features, features.c1" in capsys.readouterr().err
+
+
+def test_constant_map_with_rounding_noise_is_not_stretched():
+    # A 1x1 Grad-CAM map (LeNet-5's C5) upsampled to 32x32 is constant up to float rounding; stretching that
+    # noise to [0, 1] painted speckles over the image.
+    from cnnzoo.explanation import _unit
+
+    noisy = np.full((32, 32), 0.37, dtype=np.float32) + np.random.default_rng(0).normal(0, 1e-8, (32, 32))
+    assert not _unit(noisy).any()
+    ramp = _unit(np.arange(16.0).reshape(4, 4))
+    assert ramp.min() == 0.0 and ramp.max() == 1.0

@@ -115,10 +115,13 @@ class Explanation:
 
 
 def _unit(array) -> np.ndarray:
-    """Scale to [0, 1] by min and max (a constant map becomes zeros)."""
+    """Scale to [0, 1] by min and max. A constant map becomes zeros, also when upsampling left float rounding
+    noise on it (a 1x1 Grad-CAM map, as LeNet-5's C5 gives): stretching that noise would paint speckles."""
     array = np.asarray(array, dtype=np.float32)
     span = float(array.max() - array.min())
-    return (array - array.min()) / span if span > 0 else np.zeros_like(array)
+    if span <= 1e-5 * max(float(np.abs(array).max()), 1e-30):
+        return np.zeros_like(array)
+    return (array - array.min()) / span
 
 
 def _upsample(grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
