@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from cnnzoo.layers import LocalResponseNorm
@@ -109,17 +108,6 @@ def test_vgg_configurations(name, convs3, convs1):
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 5
     assert sum(isinstance(m, LocalResponseNorm) for m in model.features) == (name == "vgg11_lrn")
     assert len(model.stage_names) == 7  # five conv blocks, fc6, fc7
-
-
-@pytest.mark.parametrize("name", ["alexnet", "vgg11", "vgg13_bn", "vgg16_bn", "vgg19"])
-def test_torchvision_layout(name):
-    """Same keys, order and shapes as torchvision (the strict-load and output parity is tests/test_parity.py)."""
-    ours = _meta(name)
-    with torch.device("meta"):
-        theirs = getattr(torchvision.models, name)()
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
-        (k, v.shape) for k, v in theirs.state_dict().items()
-    ]
 
 
 def test_vgg_small_input_at_32():

@@ -1,11 +1,10 @@
 """The residual family: exact parameter counts, the papers' CIFAR sizes, shortcuts A/B/C, stochastic depth, the
-v1 and v1.5 strides, small inputs, grouped convolutions, torchvision's state_dict layout, TorchScript."""
+v1 and v1.5 strides, small inputs, grouped convolutions, TorchScript (torchvision layout: tests/test_parity.py)."""
 
 from functools import cache
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from cnnzoo.errors import UserError
@@ -195,16 +194,6 @@ def test_wrn_dropout_between_the_convolutions():
     model = _meta("wrn16_4", block_dropout=0.3)
     blocks = [m for m in model.modules() if isinstance(m, PreActBlock)]
     assert len(blocks) == 6 and all(isinstance(b.dropout, nn.Dropout) and b.dropout.p == 0.3 for b in blocks)
-
-
-@pytest.mark.parametrize("name", [n for n in GOLDEN if n in torchvision.models.list_models()])
-def test_torchvision_state_dict_layout(name):
-    """Same names, shapes and order as torchvision's (the parity test loads their weights)."""
-    with torch.device("meta"):
-        theirs = torchvision.models.get_model(name)
-    ours = _meta_default(name)
-    layout = [(k, v.shape) for k, v in theirs.state_dict().items()]
-    assert [(k, v.shape) for k, v in ours.state_dict().items()] == layout
 
 
 SCRIPTED = {

@@ -28,6 +28,12 @@ def test_torchvision_parity(name):
     ours.to_empty(device="cpu")
     state = theirs.state_dict()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    # The same tensors in the same order (what load_pretrained's by-order converter relies on), under the same
+    # names wherever our keys are torchvision's (MobileNetV2 renames its `conv.*` keys only when loading).
+    ours_layout, their_layout = list(ours.state_dict().items()), list(state.items())
+    assert [v.shape for _, v in ours_layout] == [v.shape for _, v in their_layout]
+    if {k for k, _ in ours_layout} == set(state):
+        assert [k for k, _ in ours_layout] == [k for k, _ in their_layout]
     ours.load_state_dict(state, strict=True)
     ours.eval()
     x = torch.randn(1, *smallest_input(name, train=False))
