@@ -2,7 +2,7 @@
 
     POST /v1/predict          one image (multipart field "file", or the raw request body) -> top-k classes
     POST /v1/predict/batch    several images (multipart, any number of file parts up to the limit)
-    POST /v1/explain          the CAM overlay of one image (torch backend, when cnnzoo.explanation is installed)
+    POST /v1/explain          the CAM overlay of one image (torch backend)
     GET  /v1/model            name, classes, input size, backend, limits
     GET  /livez  /readyz  /healthz     process up / model loaded and warmed up / both
     GET  /                    a small web page: drop an image, see the top-5 classes (and the CAM overlay)
@@ -26,7 +26,6 @@ import asyncio
 import base64
 import http
 import importlib.resources
-import importlib.util
 import logging
 import math
 import os
@@ -226,10 +225,8 @@ class _Service:
                 self.ready.set()
 
     def _explainer(self):
-        # CAM overlays need the torch network itself: offered only on the torch backend, when cnnzoo.explanation exists.
-        if getattr(self.runtime, "backend", None) != "torch" or importlib.util.find_spec("cnnzoo.explanation") is None:
-            return None
-        if getattr(self.runtime, "model", None) is None:
+        # CAM overlays need the torch network itself: offered only on the torch backend.
+        if getattr(self.runtime, "backend", None) != "torch" or getattr(self.runtime, "model", None) is None:
             return None
         return lambda image: _cam_png(self.runtime, image)
 
