@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -18,6 +19,9 @@ __all__ = [
     "set_batchnorm",
     "InvertedResidual",
     "MBConv",
+    "FusedMBConv",
+    "LayerNorm2d",
+    "LayerScale",
 ]
 
 # Activations by name, so configuration tables can say "relu6" or "hswish" as the papers do.
@@ -220,3 +224,77 @@ class InvertedResidual(nn.Module):
 
 
 MBConv = InvertedResidual  # EfficientNet's name for the same block (Tan & Le 2019, section 4)
+
+
+class FusedMBConv(nn.Module):
+    """Fused-MBConv (Tan & Le 2021, "EfficientNetV2: Smaller Models and Faster Training", arXiv:2104.00298, Figure 2):
+    MBConv's 1x1 expansion and kxk depthwise convolution fused into one regular kxk convolution, then optional
+    squeeze-excitation and the 1x1 linear projection; identity shortcut when stride is 1 and the channels are unchanged.
+    Early stages run faster this way on accelerators, where depthwise convolutions use the hardware poorly (sec. 3.2).
+
+    With expand ratio 1 (expanded_channels == in_channels) the block is the kxk convolution alone, which keeps its
+    activation (the reference code's "add act if no expansion"). No row of the paper's tables gives a Fused-MBConv SE;
+    se_channels, when given, puts it after the kxk convolution. The layers sit in ``self.block`` as in torchvision's
+    EfficientNetV2, so its weights load; drop_path is the stochastic depth probability of the residual branch."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        expanded_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        act: str = "silu",
+        se_channels: int = 0,
+        se_act: str = "silu",
+        se_gate: str = "sigmoid",
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        expand = expanded_channels != in_channels
+        width = expanded_channels if expand else out_channels
+        layers: list[nn.Module] = [ConvBNAct(in_channels, width, kernel_size, stride, act=act)]
+        if se_channels:
+            layers.append(SqueezeExcite(width, se_channels, act=se_act, gate=se_gate))
+        if expand:
+            layers.append(ConvBNAct(expanded_channels, out_channels, 1, act=None))  # linear bottleneck
+        self.block = nn.Sequential(*layers)
+        self.drop_path = DropPath(drop_path)
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_res_connect:
+            out = self.drop_path(out) + x
+        return out
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an N x C x H x W map, each position normalised on its own: the
+    "channels_first" LayerNorm of ConvNeXt (Liu et al. 2022, arXiv:2201.03545). Parameters ``weight`` and ``bias``
+    of shape C, as torchvision's LayerNorm2d."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # N x H x W x C: layer_norm normalises the last dimension
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    """A learnable per-channel scale on a residual branch, initialised small so that every block starts close to the
+    identity (Touvron et al. 2021, "Going deeper with Image Transformers", arXiv:2103.17239; ConvNeXt uses 1e-6).
+    For N x C x H x W maps: ``gamma`` has shape C x 1 x 1, the layout of torchvision's ConvNeXt ``layer_scale``."""
+
+    def __init__(self, channels: int, init_value: float = 1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels, 1, 1), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+    def extra_repr(self) -> str:
+        return f"channels={self.gamma.shape[0]}"
