@@ -1,0 +1,168 @@
+"""Published ImageNet accuracies of the registered networks: figures reported by others, never measured here.
+
+Every figure is ImageNet-1K (ILSVRC-2012) validation accuracy in percent, copied from a named source:
+
+- ``TORCHVISION``: torchvision's documented metrics of its released weights
+  (``torchvision.models.get_model_weights(name).<WEIGHTS>.meta["_metrics"]["ImageNet-1K"]``: acc@1, acc@5), as
+  torchvision 0.29.1 ships them, for every convolutional network torchvision has (its transformers left out).
+  A test checks each figure against the installed torchvision. ``IMAGENET1K_V1`` weights were trained with the
+  original, paper-era recipe; ``IMAGENET1K_V2`` (and the SWAG weights, pre-trained on Instagram images) with
+  later recipes that add several points without changing the architecture. Comparing architectures means
+  comparing recipes too, so the figure a network shows (``published(name)``) is its V1 figure; the others
+  stay available through ``published_all(name)``.
+- ``PAPERS``: for networks torchvision lacks, a figure from the network's paper or from the Keras applications
+  table, named exactly in its source string, and only where the number is known exactly. Paper figures often
+  use another test protocol (10 crops, a validation subset); the source says which.
+
+A network in neither table shows no figure. Nothing here is computed, estimated or interpolated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Published", "TORCHVISION", "PAPERS", "PREFERRED_WEIGHTS", "published", "published_all"]
+
+PREFERRED_WEIGHTS = "IMAGENET1K_V1"  # the original recipe: architectures compared on like-for-like training
+
+# name: {torchvision weights: (top-1 %, top-5 %)}; torchvision 0.29.1, weights.meta["_metrics"]["ImageNet-1K"]
+TORCHVISION: dict[str, dict[str, tuple[float, float]]] = {
+    "alexnet": {"IMAGENET1K_V1": (56.522, 79.066)},
+    "convnext_base": {"IMAGENET1K_V1": (84.062, 96.87)},
+    "convnext_large": {"IMAGENET1K_V1": (84.414, 96.976)},
+    "convnext_small": {"IMAGENET1K_V1": (83.616, 96.65)},
+    "convnext_tiny": {"IMAGENET1K_V1": (82.52, 96.146)},
+    "densenet121": {"IMAGENET1K_V1": (74.434, 91.972)},
+    "densenet161": {"IMAGENET1K_V1": (77.138, 93.56)},
+    "densenet169": {"IMAGENET1K_V1": (75.6, 92.806)},
+    "densenet201": {"IMAGENET1K_V1": (76.896, 93.37)},
+    "efficientnet_b0": {"IMAGENET1K_V1": (77.692, 93.532)},
+    "efficientnet_b1": {"IMAGENET1K_V1": (78.642, 94.186), "IMAGENET1K_V2": (79.838, 94.934)},
+    "efficientnet_b2": {"IMAGENET1K_V1": (80.608, 95.31)},
+    "efficientnet_b3": {"IMAGENET1K_V1": (82.008, 96.054)},
+    "efficientnet_b4": {"IMAGENET1K_V1": (83.384, 96.594)},
+    "efficientnet_b5": {"IMAGENET1K_V1": (83.444, 96.628)},
+    "efficientnet_b6": {"IMAGENET1K_V1": (84.008, 96.916)},
+    "efficientnet_b7": {"IMAGENET1K_V1": (84.122, 96.908)},
+    "efficientnet_v2_l": {"IMAGENET1K_V1": (85.808, 97.788)},
+    "efficientnet_v2_m": {"IMAGENET1K_V1": (85.112, 97.156)},
+    "efficientnet_v2_s": {"IMAGENET1K_V1": (84.228, 96.878)},
+    "googlenet": {"IMAGENET1K_V1": (69.778, 89.53)},
+    "inception_v3": {"IMAGENET1K_V1": (77.294, 93.45)},
+    "mnasnet0_5": {"IMAGENET1K_V1": (67.734, 87.49)},
+    "mnasnet0_75": {"IMAGENET1K_V1": (71.18, 90.496)},
+    "mnasnet1_0": {"IMAGENET1K_V1": (73.456, 91.51)},
+    "mnasnet1_3": {"IMAGENET1K_V1": (76.506, 93.522)},
+    "mobilenet_v2": {"IMAGENET1K_V1": (71.878, 90.286), "IMAGENET1K_V2": (72.154, 90.822)},
+    "mobilenet_v3_large": {"IMAGENET1K_V1": (74.042, 91.34), "IMAGENET1K_V2": (75.274, 92.566)},
+    "mobilenet_v3_small": {"IMAGENET1K_V1": (67.668, 87.402)},
+    "regnet_x_16gf": {"IMAGENET1K_V1": (80.058, 94.944), "IMAGENET1K_V2": (82.716, 96.196)},
+    "regnet_x_1_6gf": {"IMAGENET1K_V1": (77.04, 93.44), "IMAGENET1K_V2": (79.668, 94.922)},
+    "regnet_x_32gf": {"IMAGENET1K_V1": (80.622, 95.248), "IMAGENET1K_V2": (83.014, 96.288)},
+    "regnet_x_3_2gf": {"IMAGENET1K_V1": (78.364, 93.992), "IMAGENET1K_V2": (81.196, 95.43)},
+    "regnet_x_400mf": {"IMAGENET1K_V1": (72.834, 90.95), "IMAGENET1K_V2": (74.864, 92.322)},
+    "regnet_x_800mf": {"IMAGENET1K_V1": (75.212, 92.348), "IMAGENET1K_V2": (77.522, 93.826)},
+    "regnet_x_8gf": {"IMAGENET1K_V1": (79.344, 94.686), "IMAGENET1K_V2": (81.682, 95.678)},
+    # No V1: both figures are of SWAG weights, pre-trained on 3.6B Instagram images, so none is shown by default.
+    "regnet_y_128gf": {"IMAGENET1K_SWAG_E2E_V1": (88.228, 98.682), "IMAGENET1K_SWAG_LINEAR_V1": (86.068, 97.844)},
+    "regnet_y_16gf": {"IMAGENET1K_V1": (80.424, 95.24), "IMAGENET1K_V2": (82.886, 96.328),
+                      "IMAGENET1K_SWAG_E2E_V1": (86.012, 98.054), "IMAGENET1K_SWAG_LINEAR_V1": (83.976, 97.244)},
+    "regnet_y_1_6gf": {"IMAGENET1K_V1": (77.95, 93.966), "IMAGENET1K_V2": (80.876, 95.444)},
+    "regnet_y_32gf": {"IMAGENET1K_V1": (80.878, 95.34), "IMAGENET1K_V2": (83.368, 96.498),
+                      "IMAGENET1K_SWAG_E2E_V1": (86.838, 98.362), "IMAGENET1K_SWAG_LINEAR_V1": (84.622, 97.48)},
+    "regnet_y_3_2gf": {"IMAGENET1K_V1": (78.948, 94.576), "IMAGENET1K_V2": (81.982, 95.972)},
+    "regnet_y_400mf": {"IMAGENET1K_V1": (74.046, 91.716), "IMAGENET1K_V2": (75.804, 92.742)},
+    "regnet_y_800mf": {"IMAGENET1K_V1": (76.42, 93.136), "IMAGENET1K_V2": (78.828, 94.502)},
+    "regnet_y_8gf": {"IMAGENET1K_V1": (80.032, 95.048), "IMAGENET1K_V2": (82.828, 96.33)},
+    "resnet101": {"IMAGENET1K_V1": (77.374, 93.546), "IMAGENET1K_V2": (81.886, 95.78)},
+    "resnet152": {"IMAGENET1K_V1": (78.312, 94.046), "IMAGENET1K_V2": (82.284, 96.002)},
+    "resnet18": {"IMAGENET1K_V1": (69.758, 89.078)},
+    "resnet34": {"IMAGENET1K_V1": (73.314, 91.42)},
+    "resnet50": {"IMAGENET1K_V1": (76.13, 92.862), "IMAGENET1K_V2": (80.858, 95.434)},
+    "resnext101_32x8d": {"IMAGENET1K_V1": (79.312, 94.526), "IMAGENET1K_V2": (82.834, 96.228)},
+    "resnext101_64x4d": {"IMAGENET1K_V1": (83.246, 96.454)},
+    "resnext50_32x4d": {"IMAGENET1K_V1": (77.618, 93.698), "IMAGENET1K_V2": (81.198, 95.34)},
+    "shufflenet_v2_x0_5": {"IMAGENET1K_V1": (60.552, 81.746)},
+    "shufflenet_v2_x1_0": {"IMAGENET1K_V1": (69.362, 88.316)},
+    "shufflenet_v2_x1_5": {"IMAGENET1K_V1": (72.996, 91.086)},
+    "shufflenet_v2_x2_0": {"IMAGENET1K_V1": (76.23, 93.006)},
+    "squeezenet1_0": {"IMAGENET1K_V1": (58.092, 80.42)},
+    "squeezenet1_1": {"IMAGENET1K_V1": (58.178, 80.624)},
+    "vgg11": {"IMAGENET1K_V1": (69.02, 88.628)},
+    "vgg11_bn": {"IMAGENET1K_V1": (70.37, 89.81)},
+    "vgg13": {"IMAGENET1K_V1": (69.928, 89.246)},
+    "vgg13_bn": {"IMAGENET1K_V1": (71.586, 90.374)},
+    "vgg16": {"IMAGENET1K_V1": (71.592, 90.382)},
+    "vgg16_bn": {"IMAGENET1K_V1": (73.36, 91.516)},
+    "vgg19": {"IMAGENET1K_V1": (72.376, 90.876)},
+    "vgg19_bn": {"IMAGENET1K_V1": (74.218, 91.842)},
+    "wide_resnet101_2": {"IMAGENET1K_V1": (78.848, 94.284), "IMAGENET1K_V2": (82.51, 96.02)},
+    "wide_resnet50_2": {"IMAGENET1K_V1": (78.468, 94.086), "IMAGENET1K_V2": (81.602, 95.758)},
+}
+
+_ALEXNET = "Krizhevsky et al. 2012, Table 2, 1 CNN (error 40.7 / 18.2 %; 10 crops per image)"
+_RESNET = "He et al. 2016 (arXiv:1512.03385), Table 3, ResNet-50 (error 22.85 / 6.71 %; 10-crop testing)"
+_SENET = "Hu et al. 2018 (arXiv:1709.01507), Table 2, single 224 crop (error {} / {} %)"
+_MOBILENET = "Howard et al. 2017 (arXiv:1704.04861), Table 6, {} MobileNet-224 (no top-5 reported)"
+_INCEPTION_V4 = ("Szegedy et al. 2017 (arXiv:1602.07261), Table 2, {} (error {} / {} %; single crop, "
+                 "non-blacklisted subset of the validation set)")
+
+# name: (top-1 %, top-5 % or None, source); figures converted from the error rates the sources print.
+PAPERS: dict[str, tuple[float | None, float | None, str]] = {
+    "alexnet_v1": (59.3, 81.8, _ALEXNET),
+    "zfnet": (61.6, 83.5, "Zeiler & Fergus 2014 (arXiv:1311.2901), Table 2, 1 convnet as per Fig. 3 "
+                          "(error 38.4 / 16.5 %)"),
+    "resnet50_v1": (77.15, 93.29, _RESNET),
+    "se_resnet50": (76.71, 93.38, _SENET.format(23.29, 6.62)),
+    "se_resnet101": (77.62, 93.93, _SENET.format(22.38, 6.07)),
+    "se_resnet152": (78.43, 94.27, _SENET.format(21.57, 5.73)),
+    "se_resnext50_32x4d": (78.90, 94.51, _SENET.format(21.10, 5.49)),
+    "mobilenet_v1": (70.6, None, _MOBILENET.format("1.0")),
+    "mobilenet_v1_075": (68.4, None, _MOBILENET.format("0.75")),
+    "mobilenet_v1_050": (63.7, None, _MOBILENET.format("0.5")),
+    "mobilenet_v1_025": (50.6, None, _MOBILENET.format("0.25")),
+    "inception_v1": (None, 89.93, "Szegedy et al. 2015 (arXiv:1409.4842), Table 5, 1 model, 1 crop "
+                                  "(top-5 error 10.07 %; no top-1 reported)"),
+    "inception_bn": (74.8, 92.2, _INCEPTION_V4.format("BN-Inception", 25.2, 7.8)),
+    "inception_v4": (80.0, 95.0, _INCEPTION_V4.format("Inception-v4", 20.0, 5.0)),
+    # cnnzoo's Inception-ResNet-v2 is the released TF-slim model (see cnnzoo.models.inception), which Keras ships.
+    "inception_resnet_v2": (80.3, 95.3, "Keras applications table, InceptionResNetV2 (the released TF-slim weights)"),
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published ImageNet-1K validation result: reported by its source, not measured by cnnzoo."""
+
+    top1: float | None  # percent
+    top5: float | None  # percent
+    source: str  # where the figures come from, precisely enough to look them up
+    weights: str = ""  # the torchvision weights the figures belong to ("IMAGENET1K_V1"); "" for a paper figure
+
+    @property
+    def short_source(self) -> str:
+        return f"torchvision {self.weights}" if self.weights else self.source.split(" (")[0].split(",")[0]
+
+    def to_dict(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "source": self.source, "weights": self.weights or None}
+
+
+def _torchvision(name: str, weights: str) -> Published:
+    top1, top5 = TORCHVISION[name][weights]
+    recipe = "original recipe" if weights == PREFERRED_WEIGHTS else "later recipe, not comparable across networks"
+    return Published(top1, top5, f"torchvision {weights} weights, documented metrics ({recipe})", weights)
+
+
+def published_all(name: str) -> list[Published]:
+    """Every published figure of a network, its preferred one (V1 or paper) first; [] when there is none."""
+    if name in PAPERS:
+        return [Published(*PAPERS[name])]
+    weights = sorted(TORCHVISION.get(name, {}), key=lambda w: (w != PREFERRED_WEIGHTS, w))
+    return [_torchvision(name, w) for w in weights]
+
+
+def published(name: str) -> Published | None:
+    """The figure shown for a network: torchvision's IMAGENET1K_V1 result, else its paper's; None when neither
+    exists (torchvision's V2 and SWAG results alone are not shown: other recipes, or extra training data)."""
+    found = published_all(name)
+    return found[0] if found and found[0].weights in ("", PREFERRED_WEIGHTS) else None
