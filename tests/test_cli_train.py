@@ -84,7 +84,8 @@ def test_imagefolder_with_a_corrupt_file_then_predict(tmp_path, capsys):
     assert main(argv) == 0
     assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["classes"] == ["circle", "square"] and ckpt["input_size"] == [1, 32, 32] and ckpt["resize_size"] == 37
+    spec = ckpt.card.input
+    assert ckpt.card.classes == ("circle", "square") and spec.size == (1, 32, 32) and spec.resize_size == 37
     assert json.loads((out / "class_indices.json").read_text()) == {"circle": 0, "square": 1}
     assert main([*argv[:-1], str(tmp_path / "strict"), "--strict-data"]) == 2
     assert "broken.jpg" in _one_error_line(capsys)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from cnnzoo.data import load_data, split_data
 from cnnzoo.errors import UserError
+from cnnzoo.images import fit_images
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +28,13 @@ def digits():
 def test_digits_fixed_stratified_split(digits):
     assert (len(digits.train), len(digits.val)) == (1437, 360)
     assert digits.input_size == (1, 32, 32) and digits.train.images.dtype == torch.uint8
+    assert digits.train.images.shape[1:] == (1, 8, 8) and digits.spec.resize == "stretch"  # native scans
     assert digits.classes == [str(i) for i in range(10)]
     counts = torch.bincount(digits.val.labels, minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37  # stratified: 20 % of each class
     again = load_data("digits")
     assert torch.equal(again.val.images, digits.val.images) and torch.equal(again.train.labels, digits.train.labels)
-    assert 0.25 < digits.mean[0] < 0.35 and 0.3 < digits.std[0] < 0.35  # measured on the training images
+    assert 0.25 < digits.spec.mean[0] < 0.4 and 0.3 < digits.spec.std[0] < 0.45  # measured on the training images
 
 
 def test_training_batches_depend_on_seed_epoch_batch_only(digits):
@@ -51,9 +53,14 @@ def test_training_batches_depend_on_seed_epoch_batch_only(digits):
     assert x.shape == (100, 1, 32, 32) and abs(float(x.mean())) < 0.5
 
 
+def _fitted(data) -> torch.Tensor:
+    """The training images on the network's input (8x8 digits stretched to 32x32), as the loader sees them."""
+    return torch.from_numpy(fit_images(data.train.images.numpy(), data.spec))
+
+
 def test_affine_augmentation_keeps_labels_and_brightness(digits):
     x, y, idx = next(iter(digits.loader("train", 64, train=True, seed=0)))
-    plain = (digits.train.images[idx].float() / 255 - digits.mean[0]) / digits.std[0]
+    plain = (_fitted(digits)[idx].float() / 255 - digits.spec.mean[0]) / digits.spec.std[0]
     assert not torch.equal(x, plain) and torch.equal(y, digits.train.labels[idx])
     assert (x.flatten(1).max(1).values <= plain.flatten(1).max(1).values + 1e-5).all()  # interpolation only
 
@@ -63,14 +70,15 @@ def test_crop_augmentation_is_a_shift_and_keeps_labels():
     digits.train.affine, digits.train.pad = False, 4
     loader = digits.loader("train", 64, train=True, seed=0)
     x, y, idx = next(iter(loader))
-    plain = (digits.train.images[idx].float() / 255 - digits.mean[0]) / digits.std[0]
+    fitted = _fitted(digits)
+    plain = (fitted[idx].float() / 255 - digits.spec.mean[0]) / digits.spec.std[0]
     assert not torch.equal(x, plain)  # randomly shifted
     assert torch.equal(y, digits.train.labels[idx])
     # Each image is its original shifted by at most 4 pixels (zero padding is the background).
-    padded = torch.nn.functional.pad(digits.train.images[idx], (4, 4, 4, 4))
+    padded = torch.nn.functional.pad(fitted[idx], (4, 4, 4, 4))
     for i in range(8):
         shifts = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
-        target = (x[i] * digits.std[0] + digits.mean[0]) * 255
+        target = (x[i] * digits.spec.std[0] + digits.spec.mean[0]) * 255
         assert min(float((s.float() - target).abs().max()) for s in shifts) < 1e-3
 
 
@@ -144,8 +152,9 @@ def test_mnist_idx_files_padded_to_32(tmp_path):
         _idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         _idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     data = load_data("mnist", tmp_path)
-    assert data.train.images.shape == (6, 1, 32, 32) and len(data.val) == 3
-    assert data.train.images[:, :, :2].sum() == 0  # LeCun's 2-pixel zero border
+    assert data.train.images.shape == (6, 1, 28, 28) and len(data.val) == 3 and data.input_size == (1, 32, 32)
+    fitted = _fitted(data)
+    assert fitted[:, :, :2].sum() == 0 and torch.equal(fitted[:, :, 2:30, 2:30], data.train.images)  # LeCun's border
     assert load_data("fashion_mnist", tmp_path).classes[0] == "T-shirt/top"
 
 
@@ -180,7 +189,7 @@ def test_imagefolder_skips_bad_files_with_a_counted_warning(tmp_path, capsys):
     data = load_data("imagefolder", tmp_path, input_size=(3, 16, 16))
     err = capsys.readouterr().err
     assert "skipped 2 unreadable image(s)" in err and "notes.png" in err and "cut.png" in err
-    assert data.classes == ["cat", "dog"] and len(data.train) == 6 and data.resize_size == 18
+    assert data.classes == ["cat", "dog"] and len(data.train) == 6 and data.spec.resize_size == 18
     x, y, _ = next(iter(data.loader("train", 4, train=True, workers=0)))
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
     xv, yv, _ = next(iter(data.loader("val", 6, train=False, workers=0)))
@@ -202,7 +211,7 @@ def test_imagefolder_bad_layouts(tmp_path):
         load_data("imagefolder", tmp_path / "missing")
     _tree(tmp_path)
     (tmp_path / "train" / "bird").mkdir()
-    with pytest.raises(UserError, match="bird is empty"):
+    with pytest.raises(UserError, match="bird holds no images"):
         load_data("imagefolder", tmp_path)
 
 

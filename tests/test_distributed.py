@@ -67,4 +67,4 @@ def test_torchrun_restart_resumes_and_eval_is_exact(tmp_path):
     assert report.images == 301
     assert report.top1 == rows[-1]["val_top1"] and report.top5 == rows[-1]["val_top5"]
     assert abs(report.loss - rows[-1]["val_loss"]) < 1e-6
-    assert load_checkpoint(out / "last.pt")["epoch"] == 3
+    assert load_checkpoint(out / "last.pt").record["epoch"] == 3

@@ -152,17 +152,17 @@ def test_cam_refuses_networks_without_gap_and_one_linear():
 def test_cli_explain(tmp_path, capsys):
     from PIL import Image
 
-    from cnnzoo.checkpoint import save_checkpoint
+    from cnnzoo.artifact import InputSpec, ModelCard
+    from cnnzoo.checkpoint import load_checkpoint, save_checkpoint
     from cnnzoo.cli.explain import METHODS as CLI_METHODS
 
     assert CLI_METHODS == METHODS
     torch.manual_seed(0)
     model = create_model("lenet5_relu")
     classes = [str(i) for i in range(10)]
-    save_checkpoint(tmp_path / "best.pt", dict(
-        model_name="lenet5_relu", model_kwargs={"num_classes": 10, "in_chans": 1}, state_dict=model.state_dict(),
-        classes=classes, input_size=[1, 32, 32], mean=[0.2], std=[0.3], resize_size=32, appended_fc=None,
-    ))
+    spec = InputSpec(1, 32, 32, [0.2], [0.3], "crop", 32)
+    save_checkpoint(tmp_path / "best.pt", ModelCard("lenet5_relu", {"num_classes": 10, "in_chans": 1}, classes, spec),
+                    model.state_dict())
     pixels = np.zeros((32, 32), np.uint8)
     pixels[8:24, 14:18] = 255  # a "1"
     Image.fromarray(pixels).save(tmp_path / "one.png")
@@ -174,6 +174,15 @@ def test_cli_explain(tmp_path, capsys):
     assert "global average pooling" in capsys.readouterr().err
     assert main(["explain", *args, "--layer", "nope"]) == 2
     assert "valid layers: features, features.c1" in capsys.readouterr().err
+    # a loaded Checkpoint explains as its path does: the card's classes, the spec's preprocessing (mean 0.2,
+    # std 0.3), and the display image de-normalised back to the file's pixels
+    by_path = explain(tmp_path / "best.pt", tmp_path / "one.png", layer="features.c3", target="1")
+    loaded = explain(load_checkpoint(tmp_path / "best.pt"), tmp_path / "one.png", layer="features.c3", target="1")
+    assert loaded.classes == by_path.classes == classes and loaded.target == by_path.target == 1
+    np.testing.assert_array_equal(loaded.map, by_path.map)
+    np.testing.assert_allclose(loaded.image[..., 0], pixels / 255, atol=1e-6)
+    x = torch.from_numpy((pixels / 255 - 0.2) / 0.3).float()[None]
+    np.testing.assert_allclose(explain(model, x, layer="features.c3", target=1).map, loaded.map, atol=1e-6)
 
 
 def test_constant_map_with_rounding_noise_is_not_stretched():

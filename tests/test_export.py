@@ -20,9 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnzoo.artifact import InputSpec, ModelCard
 from cnnzoo.checkpoint import save_checkpoint
+from cnnzoo.cli import main
 from cnnzoo.exporting import ExportError, export
-from cnnzoo.errors import UserError
+from cnnzoo.errors import InputSizeError, UserError
 from cnnzoo.registry import create_model, list_models
 from cnnzoo.runtime import META_KEY, open_runtime
 from modelsizes import smallest_input
@@ -30,6 +32,11 @@ from modelsizes import smallest_input
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
 # CNNZOO_SLOW=1 adds the slow cases: vgg11's adaptive-pool head at 224 with its full classifier.
 FULL_SWEEP = os.environ.get("CNNZOO_SLOW") == "1"
+
+
+# The digits' contract, as `cnnzoo train --data digits` writes it: the 8x8 images stretched to 32x32, grey 0.5/0.5.
+DIGITS_SPEC = InputSpec(1, 32, 32, (0.5,), (0.5,), "stretch")
+DIGITS_CARD = ModelCard("lenet5_relu", {"num_classes": 10}, tuple(str(c) for c in range(10)), DIGITS_SPEC)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -46,7 +53,6 @@ def make_digits_run(root: Path, epochs: int = 3) -> dict:
 
     digits = load_digits()
     root.mkdir(parents=True, exist_ok=True)
-    meta = {"input_size": [1, 32, 32], "mean": [0.5], "std": [0.5], "resize_size": 32}
     rng = np.random.default_rng(0)
     order = rng.permutation(len(digits.images))
     split = {"train": order[:1200], "val": order[1200:1500]}
@@ -57,7 +63,7 @@ def make_digits_run(root: Path, epochs: int = 3) -> dict:
             path = root / part / str(digits.target[i]) / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").save(path)
-            xs.append(preprocess(open_image(path, channels=1), meta["input_size"], meta["mean"], meta["std"], 32))
+            xs.append(preprocess(open_image(path, channels=1), DIGITS_SPEC))
         arrays[part], labels[part] = torch.from_numpy(np.stack(xs)), torch.from_numpy(digits.target[idx])
     torch.manual_seed(0)
     model = create_model("lenet5_relu", num_classes=10)
@@ -72,11 +78,8 @@ def make_digits_run(root: Path, epochs: int = 3) -> dict:
     with torch.inference_mode():
         acc = float((model(arrays["val"]).argmax(1) == labels["val"]).float().mean())
     ckpt = root / "lenet5_relu.pt"
-    save_checkpoint(ckpt, {
-        "model_name": "lenet5_relu", "model_kwargs": {"num_classes": 10}, "state_dict": model.state_dict(),
-        "classes": [str(c) for c in range(10)], **meta, "appended_fc": None, "epoch": epochs, "step": 0,
-        "best_metric": acc, "metrics": {"val_top1": acc}, "config": {},
-    })
+    save_checkpoint(ckpt, DIGITS_CARD, model.state_dict(), epoch=epochs, step=0, best_metric=acc,
+                    metrics={"val_top1": acc}, config={})
     return {"root": root, "ckpt": ckpt, "train": root / "train", "val": root / "val", "val_top1": acc}
 
 
@@ -106,8 +109,9 @@ def test_onnx_export_parity_metadata_dynamic_batch(digits, tmp_path):
     assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     meta = json.loads({p.key: p.value for p in proto.metadata_props}[META_KEY])
-    assert meta == {"model_name": "lenet5_relu", "classes": [str(c) for c in range(10)], "input_size": [1, 32, 32],
-                    "mean": [0.5], "std": [0.5], "resize_size": 32}
+    assert meta == DIGITS_CARD.to_dict() and ModelCard.from_dict(meta) == DIGITS_CARD
+    assert meta["input"] == {"channels": 1, "height": 32, "width": 32, "mean": [0.5], "std": [0.5],
+                             "resize": "stretch", "resize_size": 32, "interpolation": "bilinear"}
     # the file alone predicts: the same classes as the checkpoint on PyTorch, at a third batch size
     images = [Image.open(p).copy() for p in sorted((digits["val"] / "3").glob("*.png"))[:3]]
     onnx_rt, torch_rt = open_runtime(report.path, "onnxruntime"), open_runtime(digits["ckpt"], "torch")
@@ -126,8 +130,9 @@ def test_static_batch(digits, tmp_path):
 
 
 def test_too_small_input_is_a_clear_error(digits, tmp_path):
-    with pytest.raises(ExportError, match=r"lenet5_relu does not run at input \(1, 16, 16\)"):
+    with pytest.raises(InputSizeError, match=r"lenet5_relu cannot take a 1x16x16 input"):
         export(digits["ckpt"], tmp_path / "s.onnx", input_size="1x16x16")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("method", ["trace", "script"])
@@ -138,8 +143,9 @@ def test_torchscript(digits, tmp_path, method):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.load(str(report.path), _extra_files=extra)
-    assert json.loads(extra[f"{META_KEY}.json"])["model_name"] == "lenet5_relu"
-    assert open_runtime(report.path).backend == "torch"
+    assert ModelCard.from_json(extra[f"{META_KEY}.json"], "torchscript") == DIGITS_CARD
+    runtime = open_runtime(report.path)
+    assert runtime.backend == "torch" and runtime.card == DIGITS_CARD
 
 
 def test_openvino_ir(digits, tmp_path):
@@ -148,10 +154,13 @@ def test_openvino_ir(digits, tmp_path):
     assert report.path.with_suffix(".bin").is_file()
     runtime = open_runtime(report.path)
     assert runtime.backend == "openvino" and runtime.classes == [str(c) for c in range(10)]
+    assert runtime.card == DIGITS_CARD and runtime.spec == DIGITS_SPEC
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
 
-def test_int8_quantisation_gate(digits, tmp_path):
+def test_int8_quantisation_gate(digits, tmp_path, monkeypatch):
+    import cnnzoo.exporting as exporting
+
     out = tmp_path / "q.onnx"
     report = export(digits["ckpt"], out, quantize="int8", calib_data=digits["train"], val_data=digits["val"],
                     calib_images=64, max_drop=1.0)
@@ -159,13 +168,25 @@ def test_int8_quantisation_gate(digits, tmp_path):
     assert report.top1_fp32 - report.top1_int8 <= 1.0
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    assert open_runtime(out, "onnxruntime").classes == [str(c) for c in range(10)]  # metadata kept
-    # a gate nothing can pass (top-1 would have to rise by 100 points): refused, and no file written
+    assert open_runtime(out, "onnxruntime").card == DIGITS_CARD  # metadata kept
+    # an int8 model that loses 50 points (its measured top-1, less 50): refused, and no file written
+    top1, scores = exporting._top1, []
+
+    def int8_loses_50_points(session, items, card):
+        scores.append(top1(session, items, card))
+        return scores[-1] - 50 * (len(scores) == 2)  # fp32 is measured first, int8 second
+
+    monkeypatch.setattr(exporting, "_top1", int8_loses_50_points)
     refused = tmp_path / "refused.onnx"
-    with pytest.raises(ExportError, match=r"int8 quantisation refused: validation top-1 drops .* --max-drop"):
+    with pytest.raises(ExportError, match=r"int8 quantisation refused: validation top-1 drops .* --max-drop 1$"):
+        export(digits["ckpt"], refused, quantize="int8", calib_data=digits["train"], val_data=digits["val"],
+               calib_images=16, max_drop=1.0)
+    assert len(scores) == 2 and not refused.exists() and not list(tmp_path.glob(".*tmp*"))
+    # a gate no export could pass (top-1 would have to rise) is a mistake in the flag, refused before any work
+    with pytest.raises(UserError, match=r"--max-drop must lie in 0\.\.100 points, got -100"):
         export(digits["ckpt"], refused, quantize="int8", calib_data=digits["train"], val_data=digits["val"],
                calib_images=16, max_drop=-100)
-    assert not refused.exists()
+    assert len(scores) == 2 and not refused.exists()
 
 
 def test_clear_errors(digits, tmp_path):
@@ -175,8 +196,11 @@ def test_clear_errors(digits, tmp_path):
         export(digits["ckpt"], tmp_path / "x", "openvino", quantize="int8")
     with pytest.raises(UserError, match="needs calibration images"):
         export(digits["ckpt"], tmp_path / "x.onnx", quantize="int8")
-    with pytest.raises(UserError, match="CxHxW"):
+    with pytest.raises(UserError, match="input size must look like 3x224x224, 224x224 or 224, not 'big'"):
         export(digits["ckpt"], tmp_path / "x.onnx", input_size="big")
+    with pytest.raises(UserError, match="CxHxW, HxW or H with positive sizes"):
+        export(digits["ckpt"], tmp_path / "x.onnx", input_size="1x0x32")
+    assert not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -300,10 +324,79 @@ def test_registry_torchscript_script(name):
 
 
 def test_cli_export(digits, tmp_path, capsys):
-    from cnnzoo.cli import main
-
     out = tmp_path / "cli.onnx"
     assert main(["export", str(digits["ckpt"]), "--out", str(out), "--opset", "17"]) == 0
     assert out.is_file() and "max abs diff vs PyTorch" in capsys.readouterr().out
     assert main(["export", str(digits["ckpt"]), "--out", str(tmp_path / "x.onnx"), "--input-size", "1x8x8"]) == 2
-    assert "does not run at input (1, 8, 8)" in capsys.readouterr().err
+    assert "lenet5_relu cannot take a 1x8x8 input" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def one_line_error(capsys, *args: str) -> str:
+    """`cnnzoo export ARGS` exits 2 with a one-line message on stderr and nothing on stdout; the message."""
+    assert main(["export", *args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnzoo export: error: "), captured.err
+    assert not captured.out
+    return lines[0]
+
+
+def test_cli_refuses_bad_out_and_numbers_with_one_line(digits, tmp_path, capsys):
+    ckpt = tmp_path / "own.pt"
+    shutil.copy(digits["ckpt"], ckpt)  # a copy: a refusal that failed would overwrite it
+    original = ckpt.read_bytes()
+    written = lambda: sorted(p.name for p in tmp_path.iterdir() if p != ckpt)  # noqa: E731
+    # an OpenVINO IR is NAME.xml + NAME.bin: any other --out is refused, not silently renamed
+    for out in ("m.onnx", "m", "m.bin"):
+        assert "does not end in .xml" in one_line_error(capsys, str(ckpt), "--format", "openvino", "--out",
+                                                          str(tmp_path / out))
+    # the checkpoint itself, however it is spelled
+    for out in (ckpt, tmp_path / "sub" / ".." / "own.pt"):
+        assert "is the checkpoint being exported" in one_line_error(capsys, str(ckpt), "--out", str(out))
+    assert "is the checkpoint being exported" in one_line_error(capsys, str(ckpt), "--out", str(ckpt), "--format",
+                                                                "torchscript")
+    run = tmp_path / "run"  # a run folder exports its last.pt
+    run.mkdir()
+    shutil.copy(ckpt, run / "last.pt")
+    assert "is the checkpoint being exported" in one_line_error(capsys, str(run), "--out", str(run / "last.pt"))
+    assert (run / "last.pt").read_bytes() == original and sorted(p.name for p in run.iterdir()) == ["last.pt"]
+    shutil.rmtree(run)
+    for flag, value, message in [("--opset", "5", "--opset must lie in 7..20, got 5"),
+                                 ("--opset", "99", "--opset must lie in 7..20, got 99"),
+                                 ("--max-drop", "nan", "--max-drop must lie in 0..100 points, got nan"),
+                                 ("--max-drop", "-1", "--max-drop must lie in 0..100 points, got -1.0"),
+                                 ("--calib-images", "0", "--calib-images must be at least 1, got 0")]:
+        line = one_line_error(capsys, str(ckpt), "--out", str(tmp_path / "n.onnx"), flag, value)
+        assert line.endswith(message), line
+    assert ckpt.read_bytes() == original and written() == [], written()
+
+
+def test_cli_input_size_hxw_keeps_the_channels_and_huge_sizes_are_refused_at_once(digits, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import cnnzoo.exporting as exporting
+
+    for size in ("32x32", "32"):  # H x W and H: the checkpoint's own channel count (1)
+        out = tmp_path / f"hw-{size}.onnx"
+        assert main(["export", str(digits["ckpt"]), "--out", str(out), "--input-size", size]) == 0, \
+            capsys.readouterr().err
+        assert "(input 1x32x32)" in capsys.readouterr().out
+        dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims[1:]] == [1, 32, 32]
+        assert open_runtime(out, "onnxruntime").card == DIGITS_CARD
+    # a 30000 x 30000 input (3.6 GB of floats per image) is refused on the meta device: no tensor is ever made
+    def no_arithmetic(*args, **kwargs):
+        raise AssertionError("export made real tensors for an input size it should refuse first")
+
+    monkeypatch.setattr(exporting, "_inputs", no_arithmetic)
+    monkeypatch.setattr(exporting, "build_model", no_arithmetic)
+    with pytest.raises(SystemExit) as exit_info:  # refused by the one input-size parser, as a usage mistake
+        main(["export", str(digits["ckpt"]), "--out", str(tmp_path / "huge.onnx"), "--input-size", "1x30000x30000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "sides above 4096 pixels" in err[0]
+    line = one_line_error(capsys, str(digits["ckpt"]), "--out", str(tmp_path / "huge.onnx"), "--input-size",
+                          "1x4000x4000")
+    assert "lenet5_relu cannot take a 1x4000x4000 input" in line
+    assert "takes 1-channel input, not 3" in one_line_error(  # CxHxW: channels as given
+        capsys, str(digits["ckpt"]), "--out", str(tmp_path / "rgb.onnx"), "--input-size", "3x32x32")
+    assert not (tmp_path / "huge.onnx").exists() and not (tmp_path / "rgb.onnx").exists()

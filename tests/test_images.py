@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnzoo.artifact import InputSpec
 from cnnzoo.errors import UserError
 from cnnzoo.images import (
     ALLOWED_FORMATS,
     ImageError,
     ImageTooLarge,
     UnsupportedFormat,
+    fit_images,
+    normalize,
     open_image,
     preprocess,
     to_mode,
@@ -200,13 +203,13 @@ def test_preprocess_matches_torchvision():
     for size, resize, crop in [((37, 23), 16, (14, 14)), ((20, 30), 12, (12, 10)), ((32, 32), 32, (32, 32))]:
         image = gradient(size)
         reference = T.Compose([T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), T.Normalize(mean, std)])(image)
-        ours = preprocess(image, (3, *crop), mean, std, resize)
+        ours = preprocess(image, InputSpec(3, *crop, mean, std, "crop", resize))
         assert ours.dtype == np.float32 and ours.shape == (3, *crop)
         np.testing.assert_allclose(ours, reference.numpy(), atol=1e-6, rtol=0)
-    grey = preprocess(gradient(), (1, 8, 8), [0.5], [0.25], 8)
+    grey = preprocess(gradient(), InputSpec(1, 8, 8, [0.5], [0.25], "crop", 8))
     assert grey.shape == (1, 8, 8)
     with pytest.raises(UserError, match="mean and std"):
-        preprocess(gradient(), (3, 8, 8), [0.5], [0.25], 8)
+        InputSpec(3, 8, 8, [0.5], [0.25], "crop", 8)
 
 
 def test_preprocess_pads_a_crop_larger_than_the_image():
@@ -214,7 +217,40 @@ def test_preprocess_pads_a_crop_larger_than_the_image():
 
     image = gradient((30, 20))
     reference = T.Compose([T.Resize(10), T.CenterCrop((13, 17)), T.ToTensor()])(image)
-    np.testing.assert_allclose(preprocess(image, (3, 13, 17), [0, 0, 0], [1, 1, 1], 10), reference.numpy(), atol=1e-6)
+    spec = InputSpec(3, 13, 17, [0, 0, 0], [1, 1, 1], "crop", 10)
+    np.testing.assert_allclose(preprocess(image, spec), reference.numpy(), atol=1e-6)
+
+
+def test_pad_and_stretch_policies_match_torchvision():
+    """"pad": the longer side to resize_size, centred on a zero canvas (torchvision: Resize(max_size) + CenterCrop,
+    which pads); "stretch": straight to H x W (Resize((H, W)))."""
+    from torchvision import transforms as T
+
+    image = gradient((30, 20))  # 30 wide, 20 high
+    padded = preprocess(image, InputSpec(3, 16, 16, [0, 0, 0], [1, 1, 1], "pad", 12))
+    reference = T.Compose([T.Resize((8, 12)), T.CenterCrop(16), T.ToTensor()])(image)
+    np.testing.assert_allclose(padded, reference.numpy(), atol=1e-6)
+    stretched = preprocess(image, InputSpec(3, 9, 13, [0, 0, 0], [1, 1, 1], "stretch"))
+    np.testing.assert_allclose(stretched, T.Compose([T.Resize((9, 13)), T.ToTensor()])(image).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("channels, size, spec", [
+    (1, (8, 8), InputSpec(1, 32, 32, [0.3], [0.4], "stretch")),  # the digits
+    (1, (28, 28), InputSpec(1, 32, 32, [0.1], [0.3], "pad", 28)),  # MNIST
+    (3, (32, 32), InputSpec(3, 32, 32, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], "crop", 32)),  # CIFAR
+    (1, (8, 8), InputSpec(3, 20, 24, [0.5] * 3, [0.25] * 3, "stretch", interpolation="bicubic")),  # grey -> RGB
+    (3, (12, 10), InputSpec(1, 16, 16, [0.5], [0.25], "crop", 18)),  # RGB -> grey
+])
+def test_batch_fitting_equals_the_file_path(channels, size, spec):
+    """fit_images (the in-memory datasets) and preprocess (image files) give the same tensor, bit for bit."""
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, channels, *size), dtype=np.uint8)
+    fitted = fit_images(batch, spec)
+    assert fitted.shape == (3, *spec.size) and fitted.dtype == np.uint8
+    mode = "L" if channels == 1 else "RGB"
+    for image, row in zip(batch, fitted):
+        pil = Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0), mode)
+        np.testing.assert_array_equal(normalize(row.transpose(1, 2, 0), spec), preprocess(pil, spec))
 
 
 def test_returned_image_is_detached_from_the_file(tmp_path: Path):

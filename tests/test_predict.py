@@ -16,7 +16,8 @@ from PIL import Image
 
 import cnnzoo
 from cnnzoo import runtime as rt
-from cnnzoo.checkpoint import build_model, save_checkpoint
+from cnnzoo.artifact import InputSpec, ModelCard, photo_spec
+from cnnzoo.checkpoint import build_model, load_checkpoint, save_checkpoint
 from cnnzoo.cli import main
 from cnnzoo.cli.predict import BACKENDS
 from cnnzoo.errors import UserError
@@ -27,6 +28,7 @@ from cnnzoo.runtime import META_KEY, open_runtime
 
 CLASSES = ["airplane", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck", "golden retriever"]
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+SPEC = InputSpec(3, 32, 32, MEAN, STD, "crop", 36)
 
 
 def picture(seed: int, size=(40, 36), mode="RGB") -> Image.Image:
@@ -41,12 +43,9 @@ def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     net = create_model("lenet5_relu", num_classes=10, in_chans=3)
-    ckpt = dict(
-        model_name="lenet5_relu", model_kwargs={"num_classes": 10, "in_chans": 3}, state_dict=net.state_dict(),
-        classes=CLASSES, input_size=[3, 32, 32], mean=MEAN, std=STD, resize_size=36, appended_fc=None,
-        epoch=1, step=1, best_metric=0.0, metrics={}, config={},
-    )
-    save_checkpoint(folder / "last.pt", ckpt)
+    card = ModelCard("lenet5_relu", {"num_classes": 10, "in_chans": 3}, tuple(CLASSES), SPEC)
+    save_checkpoint(folder / "last.pt", card, net.state_dict(), epoch=1, step=1, best_metric=0.0, metrics={},
+                    config={})
     paths = {"pt": folder / "last.pt"}
     for key, fmt, name, kw in [
         ("onnx", "onnx", "model.onnx", {}),
@@ -98,7 +97,7 @@ def test_expand_sources(images, tmp_path):
 def test_runtimes_agree_with_pytorch(models, images):
     from torchvision import transforms as T
 
-    net = build_model(torch.load(models["pt"], weights_only=True))
+    net = build_model(load_checkpoint(models["pt"]))
     pil = [Image.open(images / name).convert("RGB") for name in ("a.png", "b.jpg", "e.tiff")]
     preset = T.Compose([T.Resize(36), T.CenterCrop(32), T.ToTensor(), T.Normalize(MEAN, STD)])
     batch = torch.stack([preset(im) for im in pil])
@@ -109,7 +108,9 @@ def test_runtimes_agree_with_pytorch(models, images):
     for key, backend in runs:
         runtime = open_runtime(models[key], backend)
         assert runtime.backend == backend and runtime.classes == CLASSES and runtime.input_size == (3, 32, 32)
-        assert (runtime.mean, runtime.std, runtime.resize_size) == (tuple(MEAN), tuple(STD), 36)
+        assert runtime.spec == SPEC and runtime.card.input == SPEC
+        assert (runtime.spec.mean, runtime.spec.std, runtime.spec.resize, runtime.spec.resize_size) == (
+            tuple(MEAN), tuple(STD), "crop", 36)
         ours = np.stack([runtime.preprocess(im) for im in pil])
         np.testing.assert_allclose(ours, batch.numpy(), atol=1e-6, rtol=0)
         logits = runtime.logits(ours)
@@ -156,14 +157,25 @@ def test_open_runtime_errors(models, tmp_path, monkeypatch):
     proto = onnx.load(str(models["onnx"]))
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "bare.onnx"))
-    cases += [(tmp_path / "bare.onnx", b, "has no cnnzoo metadata") for b in ("onnxruntime", "openvino")]
+    cases += [(tmp_path / "bare.onnx", b, "carries no cnnzoo metadata; export it with")
+              for b in ("onnxruntime", "openvino")]
     proto.metadata_props.add(key=META_KEY, value="{not json")
     onnx.save(proto, str(tmp_path / "badmeta.onnx"))
     cases.append((tmp_path / "badmeta.onnx", "onnxruntime", "not valid JSON"))
     del proto.metadata_props[:]
     proto.metadata_props.add(key=META_KEY, value=json.dumps({"model_name": "lenet5", "classes": ["a"]}))
     onnx.save(proto, str(tmp_path / "partial.onnx"))
-    cases.append((tmp_path / "partial.onnx", "onnxruntime", "lacks input_size, mean, std, resize_size"))
+    cases.append((tmp_path / "partial.onnx", "onnxruntime", "partial.onnx: the model metadata lacks input"))
+    card = ModelCard("lenet5_relu", {}, tuple(CLASSES), SPEC).to_dict()
+    for name, spec, message in [  # a version-2 card with a missing or invalid input contract
+        ("nostd", {k: v for k, v in card["input"].items() if k != "std"}, "the model metadata lacks std"),
+        ("zerostd", {**card["input"], "std": [0.2, 0.0, 0.2]}, "invalid input spec: std must be positive"),
+        ("policy", {**card["input"], "resize": "zoom"}, "invalid input spec: unknown resize policy 'zoom'"),
+    ]:
+        del proto.metadata_props[:]
+        proto.metadata_props.add(key=META_KEY, value=json.dumps({**card, "input": spec}))
+        onnx.save(proto, str(tmp_path / f"{name}.onnx"))
+        cases.append((tmp_path / f"{name}.onnx", "onnxruntime", f"{name}.onnx: {message}"))
     (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 truncated")
     cases.append((tmp_path / "broken.pt", "torch", "not a readable checkpoint"))
     for path, backend, message in cases:
@@ -183,8 +195,17 @@ def test_metadata_must_match_the_graph(models, tmp_path):
     proto.metadata_props.add(key=META_KEY, value=json.dumps({**meta, "classes": CLASSES[:5]}))
     onnx.save(proto, str(tmp_path / "five.onnx"))
     del proto.metadata_props[:]
-    proto.metadata_props.add(key=META_KEY, value=json.dumps({**meta, "input_size": [3, 64, 64]}))
+    assert meta == ModelCard("lenet5_relu", {"num_classes": 10, "in_chans": 3}, tuple(CLASSES), SPEC).to_dict()
+    proto.metadata_props.add(key=META_KEY, value=json.dumps({**meta, "input": {**meta["input"], "height": 64,
+                                                                                   "width": 64}}))
     onnx.save(proto, str(tmp_path / "size.onnx"))
+    # the flat metadata of version-1 exports still loads, with the same input contract
+    del proto.metadata_props[:]
+    flat = {"model_name": "lenet5_relu", "classes": CLASSES, "input_size": [3, 32, 32], "mean": MEAN, "std": STD,
+            "resize_size": 36}
+    proto.metadata_props.add(key=META_KEY, value=json.dumps(flat))
+    onnx.save(proto, str(tmp_path / "flat.onnx"))
+    assert open_runtime(tmp_path / "flat.onnx", "onnxruntime").spec == SPEC
     for backend in ("onnxruntime", "openvino"):
         with pytest.raises(UserError, match="10 outputs but its metadata 5 classes"):
             open_runtime(tmp_path / "five.onnx", backend)
@@ -288,6 +309,12 @@ def test_grey_model_on_colour_images(images, tmp_path):
     export(net, tmp_path / "grey.onnx", input_size=(1, 32, 32))
     runtime = open_runtime(tmp_path / "grey.onnx", "onnxruntime")
     assert runtime.input_size == (1, 32, 32) and runtime.classes == [str(i) for i in range(10)]
+    assert runtime.spec == photo_spec((1, 32, 32))  # a bare network: the photo contract (grey 0.5/0.5, crop 37)
+    # a bare network with card=: the card is embedded as given
+    card = ModelCard("lenet5", {}, tuple("zero one two three four five six seven eight nine".split()),
+                     InputSpec(1, 32, 32, (0.1,), (0.2,), "pad", 28, "bicubic"), extra={"data": {"name": "mnist"}})
+    export(net, tmp_path / "card.onnx", card=card)
+    assert open_runtime(tmp_path / "card.onnx", "openvino").card == card
     results = predict(runtime, [images / "a.png", images / "sub" / "c.webp"], topk=10)
     grey = [Image.open(images / "a.png").convert("L"), Image.open(images / "sub" / "c.webp").convert("RGB").convert("L")]
     batch = torch.from_numpy(np.stack([runtime.preprocess(im) for im in grey]))

@@ -25,7 +25,7 @@ from PIL import Image
 from cnnzoo.exporting import export
 from cnnzoo.runtime import open_runtime, softmax
 from cnnzoo.serving import Limits, _Batcher, create_app
-from test_export import digits_run
+from test_export import DIGITS_SPEC, digits_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = Limits(max_body_bytes=256 * 1024, max_pixels=1_000_000)
@@ -99,6 +99,9 @@ def test_model_card_and_probes(client):
     card = client.get("/v1/model").json()
     assert card["name"] == "lenet5_relu" and card["backend"] == "onnxruntime" and card["num_classes"] == 10
     assert card["input_size"] == [1, 32, 32] and card["limits"]["max_body_bytes"] == 256 * 1024
+    # the input contract is the spec itself (mean, std, resize policy and size, interpolation), not loose fields
+    assert card["input"] == DIGITS_SPEC.to_dict() and not {"mean", "std", "resize_size"} & set(card)
+    assert (card["input"]["mean"], card["input"]["std"], card["input"]["resize"]) == ([0.5], [0.5], "stretch")
     assert card["explain"] is False  # CAM needs the torch backend
     for path in ("/livez", "/readyz", "/healthz"):
         assert client.get(path).status_code == 200
@@ -166,7 +169,7 @@ class Gated:
         self.runtime, self.armed = runtime, armed
         self.entered, self.release = threading.Event(), threading.Event()
         self.batch_sizes: list[int] = []
-        for name in ("backend", "model_name", "classes", "input_size", "mean", "std", "resize_size"):
+        for name in ("backend", "model_name", "classes", "input_size", "card", "spec"):
             setattr(self, name, getattr(runtime, name))
 
     def logits(self, batch):

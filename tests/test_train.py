@@ -8,16 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from cnnzoo import checkpoint as ckpt_mod
+from cnnzoo.artifact import InputSpec, ModelCard
 from cnnzoo.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from cnnzoo.data import load_data
 from cnnzoo.errors import UserError
 from cnnzoo.evaluation import evaluate as evaluate_checkpoint
-from cnnzoo.train import (SCHEDULES, NonFiniteLossError, TrainConfig, _loss, _param_groups, _schedule,
+from cnnzoo.train import (SCHEDULES, NonFiniteLossError, StopRequest, TrainConfig, _loss, _param_groups, _schedule,
                           build_for_data, find_resumable, fit)
 
 
@@ -50,8 +53,9 @@ def test_run_folder(reference):
                                                 "class_indices.json"}
     assert [e["epoch"] for e in history.epochs] == [1, 2] and history.epochs[-1]["step"] == 14
     ck = load_checkpoint(out / "last.pt")
-    assert ck["model_name"] == "lenet5" and ck["input_size"] == [1, 32, 32] and ck["classes"][3] == "3"
-    assert "train_state" in ck and "train_state" not in load_checkpoint(out / "best.pt")
+    assert ck.card.model_name == "lenet5" and ck.card.input.size == (1, 32, 32) and ck.card.classes[3] == "3"
+    assert ck.card.input.resize == "stretch"  # the 8x8 digit file is stretched onto 32x32, as in training
+    assert ck.train_state is not None and load_checkpoint(out / "best.pt").train_state is None
 
 
 # Run in a fresh interpreter: a real SIGTERM in a process where earlier tests ran OpenVINO's bf16 (AMX) kernels
@@ -61,7 +65,7 @@ import signal, sys
 sys.path.insert(0, {tests!r})
 from test_train import _config
 from cnnzoo.data import load_data
-from cnnzoo.train import build_for_data, fit
+from cnnzoo.train import StopRequest, build_for_data, fit
 
 small = load_data("digits", limit=200)
 model = build_for_data("lenet5", small)
@@ -73,7 +77,8 @@ def sigterm_on_fourth(module, inputs):
         signal.raise_signal(signal.SIGTERM)
 
 model.register_forward_pre_hook(sigterm_on_fourth)
-history = fit(model, small, _config({out!r}))
+with StopRequest.on_signals() as stop:  # what `cnnzoo train` does; fit alone installs no handler
+    history = fit(model, small, _config({out!r}), stop=stop)
 print(history.interrupted, history.stop_reason, len(history.epochs))
 """
 
@@ -85,18 +90,39 @@ def test_resume_is_bit_exact_after_sigterm_and_max_steps(small, reference, tmp_p
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split()[-3:] == ["True", "signal", "0"]  # interrupted by the signal, no epoch finished
-    assert load_checkpoint(tmp_path / "last.pt")["train_state"]["position"]["batch"] == 4
+    assert load_checkpoint(tmp_path / "last.pt").train_state["position"]["batch"] == 4
     # 2) resume, stopped again mid-epoch 2 by max_steps; 3) resume to the end.
     second = fit(build_for_data("lenet5", small), small, _config(tmp_path, resume=str(tmp_path), max_steps=10))
     assert second.stop_reason == "max_steps" and len(second.epochs) == 1
-    assert load_checkpoint(tmp_path / "last.pt")["train_state"]["position"] == {
-        "epoch": 1, "batch": 3, "stats": load_checkpoint(tmp_path / "last.pt")["train_state"]["position"]["stats"]}
+    assert load_checkpoint(tmp_path / "last.pt").train_state["position"] == {
+        "epoch": 1, "batch": 3, "stats": load_checkpoint(tmp_path / "last.pt").train_state["position"]["stats"]}
     final_model = build_for_data("lenet5", small)
     final = fit(final_model, small, _config(tmp_path, resume=str(tmp_path)))
     assert not final.interrupted
     assert _same_weights(final_model, ref_model.state_dict())  # bit for bit
     keys = ("train_loss", "train_top1", "val_loss", "val_top1", "step")
     assert [{k: e[k] for k in keys} for e in final.epochs] == [{k: e[k] for k in keys} for e in ref_history.epochs]
+
+
+def test_fit_installs_no_signal_handler(small, tmp_path):
+    """fit is a library call: the process's SIGTERM/SIGINT handlers are the caller's, during and after the run;
+    a StopRequest given to fit stops it resumably."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    seen = []
+    model = build_for_data("lenet5", small)
+    stop = StopRequest()
+
+    def watch(module, inputs):
+        seen.append({sig: signal.getsignal(sig) for sig in before})
+        stop.request()
+
+    model.register_forward_pre_hook(watch)
+    history = fit(model, small, _config(tmp_path), stop=stop)
+    assert all(s == before for s in seen) and {sig: signal.getsignal(sig) for sig in before} == before
+    assert history.interrupted and history.stop_reason == "signal"
+    assert load_checkpoint(tmp_path / "last.pt").train_state["position"]["batch"] == 1
 
 
 def test_corrupt_last_falls_back_to_the_kept_previous(reference, tmp_path, capsys):
@@ -111,13 +137,14 @@ def test_corrupt_last_falls_back_to_the_kept_previous(reference, tmp_path, capsy
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "last.pt")
     ck, path = find_resumable(tmp_path)
-    assert path.name == previous[0].name and ck["epoch"] == 1
+    assert path.name == previous[0].name and ck.record["epoch"] == 1
     assert "trying the previous checkpoint" in capsys.readouterr().err
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"x": torch.ones(3)})
+    card = ModelCard("lenet5", {}, tuple("0123456789"), InputSpec(1, 32, 32, (0.5,), (0.5,)))
+    save_checkpoint(path, card, {"x": torch.ones(3)})
 
     def dies_midway(obj, f):
         f.write(b"PK\x03\x04 half a zip")
@@ -125,9 +152,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt_mod.torch, "save", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"x": torch.zeros(3)})
+        save_checkpoint(path, card, {"x": torch.zeros(3)})
     monkeypatch.undo()
-    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+    assert torch.equal(load_checkpoint(path).state_dict["x"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
 
 
@@ -154,14 +181,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_pat
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 10"):
         fit(model, small, _config(tmp_path))
     good = load_checkpoint(tmp_path / "last.pt")
-    assert good["epoch"] == 1 and all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    assert good.record["epoch"] == 1 and all(torch.isfinite(v).all() for v in good.state_dict.values())
 
 
 def test_evaluate_is_micro_and_refuses_other_classes(small, reference):
     _, history, out = reference
     report = evaluate_checkpoint(out / "last.pt", small)
     model = build_model(load_checkpoint(out / "last.pt"))
-    x = (small.val.images.float() / 255 - small.mean[0]) / small.std[0]
+    # The oracle: the digits stretched to 32x32 by PIL and normalised by hand, as an image file would be.
+    stretched = np.stack([np.asarray(Image.fromarray(im[0].numpy()).resize((32, 32), Image.Resampling.BILINEAR))
+                          for im in small.val.images])
+    x = (torch.from_numpy(stretched).float()[:, None] / 255 - small.spec.mean[0]) / small.spec.std[0]
     with torch.inference_mode():
         pred = model(x).argmax(1)
     assert report.top1 == (pred == small.val.labels).sum().item() / 200 == history.epochs[-1]["val_top1"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ FIVE = ["01", "23", "45", "67", "89"]  # the fine-tuning task: which pair of dig
 
 
 def _pairs(split: TensorSplit) -> TensorSplit:
-    return TensorSplit(split.images, split.labels // 2, f"{split.source}/pairs", split.pad, split.flip)
+    return dataclasses.replace(split, labels=split.labels // 2, source=f"{split.source}/pairs")
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,7 @@ def pretrained(tmp_path_factory):
     digits = load_data("digits", input_size=(1, 16, 16), limit=400)
     config = TrainConfig(epochs=1, batch_size=64, out=str(folder), progress=False)
     fit(build_for_data("resnet20", digits), digits, config)
-    five = Data("digit-pairs", FIVE, digits.input_size, digits.mean, digits.std, digits.resize_size,
-                _pairs(digits.train), _pairs(digits.val))
+    five = Data("digit-pairs", FIVE, digits.spec, _pairs(digits.train), _pairs(digits.val))
     return folder / "last.pt", five
 
 
@@ -43,7 +43,7 @@ def _finetune(pretrained, tmp_path, mode: str, new_fc: bool):
     config = TrainConfig(epochs=1, batch_size=64, init=str(path), finetune=mode, new_fc=new_fc, out=str(tmp_path),
                          progress=False)
     history = fit(model, five, config)
-    return model, load_checkpoint(path)["state_dict"], history
+    return model, load_checkpoint(path).state_dict, history
 
 
 # mode, new_fc, state_dict prefixes that must change (all others stay bit-identical), trainable parameters
@@ -74,14 +74,18 @@ def test_finetune_changes_exactly_the_trained_part(pretrained, tmp_path, capsys,
             assert torch.equal(value, old), f"{key} should be frozen ({mode})"
     print(f"{mode}{' --new-fc' if new_fc else ''}: epoch {history.epochs[-1]['time']:.2f} s")
     # The run's checkpoint rebuilds the fine-tuned network exactly (appended classifier included).
-    rebuilt = build_model(load_checkpoint(tmp_path / "last.pt"))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    _, five = pretrained
+    assert ckpt.card.classes == tuple(FIVE) and ckpt.card.input == five.spec
+    assert ckpt.card.appended_classes == model.appended_classes == (5 if new_fc else None)
+    rebuilt = build_model(ckpt)
     x = torch.randn(2, 1, 16, 16)
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt(x), model.eval()(x))
     if new_fc:  # --init from a --new-fc run: load_pretrained rebuilds the appended classifier too
         again = create_model("resnet20", num_classes=5, in_chans=1)
         report = load_pretrained(again, tmp_path / "last.pt")
-        assert report.appended_fc == 5 and not report.classifier_replaced
+        assert report.appended_fc == 5 and again.appended_classes == 5 and not report.classifier_replaced
         with torch.inference_mode():
             torch.testing.assert_close(again.eval()(x), rebuilt(x))
 
@@ -231,5 +235,6 @@ def test_new_fc_on_a_class_map_classifier():
     """NiN classifies with a 1x1 conv before pooling: the appended layer is a 1x1 conv too."""
     with torch.device("meta"):
         nin = apply_finetune(create_model("nin", num_classes=10), "head", new_fc_classes=3)
+        assert nin.appended_classes == 3 and nin.num_classes == 3
         assert nin.eval()(torch.empty(1, 3, 224, 224)).shape == (1, 3)
     assert [n for n, p in nin.named_parameters() if p.requires_grad] == ["classifier.1.weight", "classifier.1.bias"]

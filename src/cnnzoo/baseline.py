@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnzoo.artifact import InputSpec
+from cnnzoo.checkpoint import build_model, load_checkpoint
 from cnnzoo.data import Data
 
 __all__ = ["BaselineResult", "svm_baseline", "C_GRID"]
@@ -37,8 +39,8 @@ class BaselineResult:
 
 
 @torch.inference_mode()
-def _arrays(data: Data, split: str, model: torch.nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
-    loader = data.loader(split, 256, train=False)
+def _arrays(data: Data, split: str, model: torch.nn.Module | None, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    loader = data.loader(split, 256, train=False, spec=spec)
     xs, ys = [], []
     for x, y, _ in loader:
         if model is not None:
@@ -55,16 +57,14 @@ def svm_baseline(data: Data, features: str | Path | None = None, seed: int = 0) 
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    model = None
+    model, spec = None, data.spec
     if features is not None:
-        from cnnzoo.checkpoint import build_model, load_checkpoint
-
         ckpt = load_checkpoint(features)
-        data.check_classes(ckpt["classes"])
-        model = build_model(ckpt)
+        data.check_classes(list(ckpt.card.classes))
+        model, spec = build_model(ckpt), ckpt.card.input  # the features of the images as the CNN sees them
     t0 = time.perf_counter()
-    x_train, y_train = _arrays(data, "train", model)
-    x_val, y_val = _arrays(data, "val", model)
+    x_train, y_train = _arrays(data, "train", model, spec)
+    x_val, y_val = _arrays(data, "val", model, spec)
     # Pixels keep their scale (the RBF kernel on normalised pixels is the textbook baseline); CNN features are
     # standardised, since their channels live on unrelated scales.
     svc = SVC(kernel="rbf", gamma="scale")

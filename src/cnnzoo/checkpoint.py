@@ -1,8 +1,10 @@
-"""Checkpoints: one dict of tensors and plain Python values, written atomically, loaded with ``weights_only=True``.
+"""Checkpoints: the model card, the weights and (for training runs) a training record, written atomically and
+loaded with ``weights_only=True``.
 
-The format is fixed in docs/interfaces.md. A checkpoint carries everything evaluate, predict and export need
-(model name and constructor arguments, weights, class names, input size, normalisation), so none of them takes
-any other argument; resumable checkpoints also carry ``train_state``.
+The format is fixed in docs/interfaces.md. The card (cnnzoo.artifact.ModelCard) carries everything evaluate,
+predict, explain, export and serve need (model name and constructor arguments, class names, the input contract),
+so none of them takes any other argument; resumable checkpoints also carry ``train_state`` in their record.
+Version-1 checkpoints (flat input_size / mean / std / resize_size keys) still load.
 """
 
 from __future__ import annotations
@@ -10,20 +12,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cnnzoo.errors import UserError
+from cnnzoo.artifact import ArtifactError, ModelCard
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "build_model",
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "build_model",
            "write_class_indices"]
 
-FORMAT, VERSION = "cnnzoo-checkpoint", 1
-REQUIRED = ("model_name", "model_kwargs", "state_dict", "classes", "input_size", "mean", "std", "resize_size")
+FORMAT, VERSION = "cnnzoo-checkpoint", 2
+READABLE_VERSIONS = (1, 2)
+_V1_CARD_KEYS = ("model_name", "model_kwargs", "classes", "input_size", "mean", "std", "resize_size", "appended_fc")
 
 
-class CheckpointError(UserError):
+class CheckpointError(ArtifactError):
     """A checkpoint file that is missing, truncated, corrupt or not a cnnzoo checkpoint."""
 
 
@@ -41,11 +45,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically: a crash at any moment leaves either the old file or the new one."""
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the card, the weights, and the training record (config, metrics, epoch, step,
+    best_metric and, in a resumable last.pt, train_state)."""
+
+    card: ModelCard
+    state_dict: dict[str, torch.Tensor]
+    record: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def train_state(self) -> dict | None:
+        return self.record.get("train_state")
+
+
+def save_checkpoint(path: str | Path, card: ModelCard, state_dict: dict, **record) -> None:
+    """Write a checkpoint to ``path`` atomically: a crash at any moment leaves either the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
+    payload = {"format": FORMAT, "version": VERSION, "card": card.to_dict(), "state_dict": state_dict, **record}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -59,42 +78,62 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     _fsync_dir(path.parent)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a cnnzoo checkpoint; nothing but tensors and plain containers is ever unpickled."""
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a cnnzoo checkpoint (a file, or a run folder's last.pt); nothing but tensors and plain containers is
+    ever unpickled, and the card is validated."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, forbidden global: all mean "not a usable checkpoint"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason[:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnnzoo checkpoint")
-    if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, this cnnzoo reads {VERSION}")
-    missing = [k for k in REQUIRED if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    return ckpt
+    if raw.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path} has checkpoint version {raw.get('version')}, this cnnzoo reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    state = raw.pop("state_dict", None)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state_dict")
+    if raw["version"] == 1:
+        card = ModelCard.from_dict({k: raw.pop(k) for k in _V1_CARD_KEYS if k in raw}, str(path))
+        card = ModelCard(card.model_name, card.model_kwargs, card.classes, card.input, card.appended_classes,
+                         {"data": (raw.get("config") or {}).get("data")})
+    else:
+        card = ModelCard.from_dict(raw.pop("card", None), str(path))
+    record = {k: v for k, v in raw.items() if k not in ("format", "version")}
+    return Checkpoint(card, state, record, path)
 
 
-def build_model(ckpt: dict) -> torch.nn.Module:
-    """The network a checkpoint describes, with its weights loaded, in eval mode."""
+def build_model(source: Checkpoint | ModelCard, state_dict: dict | None = None) -> torch.nn.Module:
+    """The network a checkpoint (or a card, with ``state_dict``) describes, with its weights loaded, in eval mode.
+
+    Raises:
+        CheckpointError: the card names constructor arguments the network does not take, the weights do not fit
+            it, or the class names do not match its outputs.
+    """
     from cnnzoo.registry import create_model
 
-    model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
-    if ckpt.get("appended_fc"):
-        from cnnzoo.transfer import append_classifier
-
-        append_classifier(model, ckpt["appended_fc"])
+    card, state = (source.card, source.state_dict) if isinstance(source, Checkpoint) else (source, state_dict)
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise CheckpointError(f"weights do not fit {ckpt['model_name']}: {' '.join(first[:2])[:300]}") from None
+        model = create_model(card.model_name, **card.model_kwargs)
+    except TypeError as err:
+        raise CheckpointError(f"the model card's constructor arguments do not fit {card.model_name}: {err}") from None
+    if card.appended_classes:
+        model.append_classifier(card.appended_classes)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            raise CheckpointError(f"weights do not fit {card.model_name}: {' '.join(first[:2])[:300]}") from None
+    if model.num_classes != card.num_classes:
+        raise CheckpointError(f"the model card names {card.num_classes} classes but {card.model_name} has "
+                              f"{model.num_classes} outputs")
     return model.eval()
 
 

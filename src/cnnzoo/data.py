@@ -1,10 +1,15 @@
 """Datasets for training and evaluation: digits, CIFAR-10/100, MNIST, Fashion-MNIST, ImageFolder and fake data.
 
-Small datasets are held in memory as one uint8 tensor (N x C x H x W) and augmented in whole batches on the
-device (random crop with padding, horizontal flip where it makes sense, normalisation), as airbench does: no
-per-image decoding, no worker processes. ImageFolder trees go through a DataLoader with workers, decoded by
-cnnzoo.images (the loader predict and serve use), with RandomResizedCrop + flip for training and the
-checkpoint's resize + centre crop for evaluation.
+Small datasets are held in memory as one uint8 tensor (N x C x h x w, at their native size) and augmented in
+whole batches on the device (random crop with padding, horizontal flip where it makes sense, normalisation), as
+airbench does: no per-image decoding, no worker processes. ImageFolder trees go through a DataLoader with workers,
+decoded by cnnzoo.images (the loader predict and serve use), with RandomResizedCrop + flip for training.
+
+Every dataset records the InputSpec (cnnzoo.artifact) that reproduces its evaluation transform on an image file
+of its own kind: the 8x8 scikit-learn digit stretched to the input size, the 28x28 MNIST digit padded to 32x32, the
+32x32 CIFAR image as it is, a photo resized and centre-cropped. The loaders bring images onto the network's input
+with cnnzoo.images.fit_images / preprocess under that spec (or under a checkpoint's, when evaluating), so training-
+time validation, evaluate, predict, the exported runtimes and the service see the same tensor for the same image.
 
 Every random choice of the data pipeline (epoch order, crops, flips) is derived from (seed, epoch, batch or
 sample index) rather than drawn from a running generator, so a run resumed in the middle of an epoch sees
@@ -30,13 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnzoo.choices import DATASETS
+from cnnzoo.artifact import InputSpec, ModelCard, photo_spec, resolve_input_size
 from cnnzoo.errors import UserError
+from cnnzoo.images import fit_images, open_image, preprocess, scan_image_folder
 
-__all__ = ["DATASETS", "Data", "TensorSplit", "FolderSplit", "load_data", "split_data", "mix_seed"]
+__all__ = ["DATASETS", "Data", "TensorSplit", "FolderSplit", "load_data", "load_data_for", "split_data", "mix_seed"]
 
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "fake")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CROP_FRACTION = 0.875  # ImageFolder eval: resize the shorter side to H / 0.875 (224 -> 256), centre crop H
+FIT_CACHE_BYTES = 1 << 30  # in-memory images brought to the input size once when that costs less than this
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 
@@ -52,7 +58,7 @@ def mix_seed(*parts: int) -> int:
 class TensorSplit:
     """An in-memory split: uint8 images N x C x H x W, int64 labels, and how training augments it."""
 
-    images: torch.Tensor
+    images: torch.Tensor  # uint8 N x C x h x w at the dataset's native size
     labels: torch.Tensor
     source: str  # names samples in reports: "digits[val]#12"
     pad: int = 0  # random-crop padding in pixels (0: no crop); with affine: the largest shift
@@ -90,10 +96,7 @@ class Data:
 
     name: str
     classes: list[str]
-    input_size: tuple[int, int, int]  # (C, H, W) the model sees
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize_size: int  # eval preprocessing of raw images: shorter side to this, then centre crop H x W
+    spec: InputSpec  # what a network trained on this data takes, and how an image file of its kind is fitted
     train: TensorSplit | FolderSplit
     val: TensorSplit | FolderSplit
     options: dict = field(default_factory=dict)  # the load_data arguments, kept in config.json and checkpoints
@@ -102,6 +105,10 @@ class Data:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.spec.size
+
     def check_classes(self, classes: list[str], what: str = "the checkpoint") -> None:
         """Refuse a dataset whose class list differs from a checkpoint's (a silent mislabelling otherwise)."""
         if list(classes) != list(self.classes):
@@ -109,18 +116,20 @@ class Data:
             detail = f" (differ: {', '.join(diff)})" if diff else " (same names, different order)"
             raise UserError(f"{self.name} has {len(self.classes)} classes, {what} has {len(classes)}{detail}")
 
-    def loader(self, split: str, batch_size: int, *, train: bool, seed: int = 0, device: str | torch.device = "cpu",
-               rank: int = 0, world: int = 1, workers: int = 2) -> TensorLoader | FolderLoader:
+    def loader(self, split: str, batch_size: int, *, train: bool, spec: InputSpec | None = None, seed: int = 0,
+               device: str | torch.device = "cpu", rank: int = 0, world: int = 1,
+               workers: int = 2) -> TensorLoader | FolderLoader:
         """Batches of one split for this process: shuffled and augmented when ``train``, else in order, sharded
-        across ``world`` processes (evaluation shards are disjoint and cover the split exactly once)."""
+        across ``world`` processes (evaluation shards are disjoint and cover the split exactly once). Images are
+        brought onto ``spec`` (default: this dataset's; evaluation passes the checkpoint's)."""
         part = getattr(self, split)
         if batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         if train and batch_size > len(part):
             raise UserError(f"batch size {batch_size} is larger than the {split} set ({len(part)} images)")
         cls = TensorLoader if isinstance(part, TensorSplit) else FolderLoader
-        return cls(self, part, batch_size, train=train, seed=seed, device=device, rank=rank, world=world,
-                   workers=workers)
+        return cls(part, spec or self.spec, batch_size, train=train, seed=seed, device=device, rank=rank,
+                   world=world, workers=workers)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -145,17 +154,21 @@ def _batch_bounds(count: int, batch_size: int, train: bool) -> list[tuple[int, i
 class TensorLoader:
     """Batches of an in-memory split, augmented on the device: yields (images float N x C x H x W, labels, indices)."""
 
-    def __init__(self, data: Data, split: TensorSplit, batch_size: int, *, train: bool, seed: int, device, rank: int,
-                 world: int, workers: int = 0):
-        self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
+    def __init__(self, split: TensorSplit, spec: InputSpec, batch_size: int, *, train: bool, seed: int, device,
+                 rank: int, world: int, workers: int = 0):
+        self.split, self.spec, self.batch_size, self.train, self.seed = split, spec, batch_size, train, seed
         self.rank, self.world, self.device = rank, world, torch.device(device)
-        self.images = split.images.to(self.device)
+        # The images on the network's input once, when that fits in memory; otherwise batch by batch.
+        self.fitted = len(split) * math.prod(spec.size) <= FIT_CACHE_BYTES
+        images = self._fit(split.images) if self.fitted else split.images
+        self.images = images.to(self.device)
         self.labels = split.labels.to(self.device)
-        self.input_size = data.input_size
-        c = split.images.shape[1]
-        self.mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1)[:, :c]
-        self.std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1)[:, :c]
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.set_epoch(0)
+
+    def _fit(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(fit_images(images.cpu().numpy(), self.spec))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -177,7 +190,7 @@ class TensorLoader:
         for b in range(start, len(self.bounds)):
             lo, hi = self.bounds[b]
             idx = self.order[lo:hi].to(self.device)
-            x = self.images[idx]
+            x = self.images[idx] if self.fitted else self._fit(self.images[idx]).to(self.device)
             if self.train:
                 x = self._augment(x, torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, b, self.rank)))
             yield self._normalise(x), self.labels[idx], idx
@@ -215,44 +228,37 @@ class TensorLoader:
         return out.round_().clamp_(0, 255).to(torch.uint8)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float().div_(255) - self.mean) / self.std
-        c, h, w = self.input_size
-        if x.shape[1] != c:  # grey data into a 3-channel net (or the reverse): repeat / average channels
-            x = x.expand(-1, c, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
-        if x.shape[-2:] != (h, w):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        return x.contiguous()
+        # The float32 operations of cnnzoo.images.normalize, in the same order: the same bits as predict's.
+        return ((x.float() / 255.0 - self.mean) / self.std).contiguous()
 
 
 class _FolderDataset(torch.utils.data.Dataset):
     """Items are (index, sample seed or None): the seed makes each training crop a function of (seed, epoch, index)."""
 
-    def __init__(self, data: Data, split: FolderSplit, train: bool):
-        self.samples, self.train = split.samples, train
-        self.input_size, self.mean, self.std, self.resize_size = data.input_size, data.mean, data.std, data.resize_size
+    def __init__(self, split: FolderSplit, spec: InputSpec, train: bool):
+        self.samples, self.spec, self.train = split.samples, spec, train
         if train:
             from torchvision.transforms import v2
 
             self.transform = v2.Compose([
-                v2.ToImage(), v2.RandomResizedCrop(self.input_size[1:], antialias=True), v2.RandomHorizontalFlip(),
-                v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std)),
+                v2.ToImage(), v2.RandomResizedCrop((spec.height, spec.width), antialias=True),
+                v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(spec.mean), list(spec.std)),
             ])
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, int | None]):
-        from cnnzoo.images import open_image, preprocess
-
         index, seed = item
         path, label = self.samples[index]
-        image = open_image(path, channels=self.input_size[0])
+        image = open_image(path, channels=self.spec.channels)
         if self.train:
             with torch.random.fork_rng(devices=[]):  # never disturb the main process's generator
                 torch.manual_seed(seed)
                 x = self.transform(image)
         else:
-            x = torch.from_numpy(preprocess(image, self.input_size, self.mean, self.std, self.resize_size))
+            x = torch.from_numpy(preprocess(image, self.spec))
         return x, label, index
 
 
@@ -275,11 +281,11 @@ class _SeededSampler(torch.utils.data.Sampler):
 class FolderLoader(TensorLoader):
     """Batches of an ImageFolder split through a DataLoader with worker processes; same interface as TensorLoader."""
 
-    def __init__(self, data: Data, split: FolderSplit, batch_size: int, *, train: bool, seed: int, device, rank: int,
-                 world: int, workers: int = 2):
-        self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
+    def __init__(self, split: FolderSplit, spec: InputSpec, batch_size: int, *, train: bool, seed: int, device,
+                 rank: int, world: int, workers: int = 2):
+        self.split, self.spec, self.batch_size, self.train, self.seed = split, spec, batch_size, train, seed
         self.rank, self.world, self.device, self.workers = rank, world, torch.device(device), workers
-        self.dataset = _FolderDataset(data, split, train)
+        self.dataset = _FolderDataset(split, spec, train)
         self.set_epoch(0)
 
     def iterate(self, start: int = 0):
@@ -292,21 +298,54 @@ class FolderLoader(TensorLoader):
 
 
 # ------------------------------------------------------------------------------------- in-memory datasets
+@dataclass(frozen=True)
+class _Kind:
+    """How an in-memory dataset is fed: its image files' fitting policy and its training augmentation."""
+
+    size: tuple[int, int] | None  # default H x W of the network's input; None: the images' native size
+    resize: str  # the InputSpec policy that maps an image file of this kind onto the input (cnnzoo.artifact)
+    framing: float  # resize_size / min(H, W): MNIST's 28 x 28 digit inside LeNet-5's 32 x 32 input is 28/32
+    pad: int  # random-crop padding in pixels (with affine: the largest shift)
+    flip: bool  # random horizontal flips (never for digits or handwriting)
+    affine: bool = False  # small rotations and scalings (handwriting)
+
+
+KINDS = {
+    # The 8 x 8 digits stretched to LeNet-5's 32 x 32; shifts of up to 3 pixels (3/4 of an original pixel).
+    "digits": _Kind((32, 32), "stretch", 1.0, 3, False, affine=True),
+    # 28 x 28 zero-padded to 32 x 32, as LeCun et al. fed MNIST to LeNet-5.
+    "mnist": _Kind((32, 32), "pad", 28 / 32, 2, False),
+    "fashion_mnist": _Kind((32, 32), "pad", 28 / 32, 2, True),
+    "cifar10": _Kind(None, "crop", 1.0, 4, True),
+    "cifar100": _Kind(None, "crop", 1.0, 4, True),
+    "fake": _Kind(None, "crop", 1.0, 4, True),
+}
+
+
+def _stats(images: np.ndarray, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 N x C x h x w training images, as the network's channels see them."""
+    if images.shape[1] != channels:  # grey data into a 3-channel net (or the reverse): the converted pixels
+        native = InputSpec(channels, *images.shape[2:], (0.0,) * channels, (1.0,) * channels, "stretch")
+        images = fit_images(images, native)
+    pixels = torch.from_numpy(images).float().div(255).transpose(0, 1).reshape(channels, -1)
+    return tuple(round(float(v), 4) for v in pixels.mean(1)), tuple(round(float(v), 4) for v in pixels.std(1))
+
+
 def _tensor_data(name: str, classes: list[str], train: tuple[np.ndarray, np.ndarray],
-                 val: tuple[np.ndarray, np.ndarray], pad: int, flip: bool, input_size, options: dict,
-                 affine: bool = False) -> Data:
-    """Wrap uint8 N x C x H x W arrays; mean and std are measured on the training images."""
-    tx, ty = (torch.from_numpy(np.ascontiguousarray(a)) for a in train)
-    vx, vy = (torch.from_numpy(np.ascontiguousarray(a)) for a in val)
-    pixels = tx.float().div(255).transpose(0, 1).reshape(tx.shape[1], -1)
-    mean = tuple(round(float(v), 4) for v in pixels.mean(1))
-    std = tuple(round(float(v), 4) for v in pixels.std(1))
-    c, h, w = tx.shape[1:]
-    size = (c, *input_size) if input_size and len(input_size) == 2 else tuple(input_size or (c, h, w))
-    if size[0] != c and c != 1 and size[0] != 1:
-        raise UserError(f"{name} has {c} channels; --input-size asks for {size[0]}")
-    return Data(name, classes, size, mean, std, h, TensorSplit(tx, ty.long(), f"{name}[train]", pad, flip, affine),
-                TensorSplit(vx, vy.long(), f"{name}[val]", pad, flip, affine), options)
+                 val: tuple[np.ndarray, np.ndarray], input_size, options: dict) -> Data:
+    """Wrap native uint8 N x C x h x w arrays; mean and std are measured on the training images."""
+    kind = KINDS[name]
+    images = np.ascontiguousarray(train[0])
+    native = (images.shape[1], *(kind.size or images.shape[2:]))
+    channels, height, width = resolve_input_size(input_size, native)
+    mean, std = _stats(images, channels)
+    spec = InputSpec(channels, height, width, mean, std, kind.resize, max(1, round(kind.framing * min(height, width))))
+
+    def split(part: str, arrays: tuple[np.ndarray, np.ndarray]) -> TensorSplit:
+        x, y = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+        return TensorSplit(x, y.long(), f"{name}[{part}]", kind.pad, kind.flip, kind.affine)
+
+    return Data(name, classes, spec, split("train", train), split("val", val), options)
 
 
 def _digits() -> tuple[list[str], tuple, tuple]:
@@ -314,10 +353,8 @@ def _digits() -> tuple[list[str], tuple, tuple]:
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    # 8x8 values 0..16 -> 32x32 uint8, bilinear, so that LeNet-5 sees its paper's 32x32 input.
-    small = torch.from_numpy(digits.images).float().unsqueeze(1) * (255 / 16)
-    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
-    images = big.round().clamp(0, 255).to(torch.uint8).numpy()
+    # The 8 x 8 scans as they are, values 0..16 as 0..255: exactly what a digit saved as a PNG file holds.
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
     labels = digits.target.astype(np.int64)
     # The fixed split everything (demo, baseline, tests) shares: stratified, 20 % test, seed 0.
     tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
@@ -393,7 +430,7 @@ def _read_idx(path: Path) -> np.ndarray:
             raw = f.read()
         ndim = raw[3]
         shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()  # writable
     except (OSError, ValueError, IndexError, EOFError) as err:
         raise UserError(f"{path} is not a readable IDX file: {err}") from None
 
@@ -403,9 +440,7 @@ def _mnist(name: str, root: Path) -> tuple[list[str], tuple, tuple]:
         return _read_idx(_find(root, [stem, stem + ".gz"], f"{name} file {stem}"))
 
     def split(prefix: str):
-        x = load(f"{prefix}-images-idx3-ubyte")
-        # 28x28 zero-padded to 32x32, as LeCun et al. fed MNIST to LeNet-5.
-        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
+        x = load(f"{prefix}-images-idx3-ubyte")[:, None]  # 28 x 28: KINDS pads them onto the input
         return x, load(f"{prefix}-labels-idx1-ubyte").astype(np.int64)
 
     classes = [str(i) for i in range(10)] if name == "mnist" else FASHION_CLASSES
@@ -421,25 +456,8 @@ def _fake(num_classes: int, size: tuple[int, int, int], samples: int) -> tuple[l
 
 
 # -------------------------------------------------------------------------------------------- ImageFolder
-def _scan_classes(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    if not root.is_dir():
-        raise UserError(f"no such data folder: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise UserError(f"{root} has no class sub-folders")
-    samples = []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise UserError(f"class folder {root / name} is empty")
-        samples += [(str(p), label) for p in files]
-    return classes, samples
-
-
 def _check_images(samples: list[tuple[str, int]], channels: int) -> tuple[list[tuple[str, int]], list[str]]:
     """Decode every file once (in threads: PIL releases the GIL); returns the good samples and the bad paths."""
-    from cnnzoo.images import open_image
-
     def ok(sample: tuple[str, int]) -> bool:
         try:
             open_image(sample[0], channels=channels).load()
@@ -458,7 +476,7 @@ def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, opt
     splits = {}
     classes: list[str] = []
     for part in ("train", "val"):
-        part_classes, samples = _scan_classes(root / part)
+        part_classes, samples = scan_image_folder(root / part)
         if classes and part_classes != classes:
             raise UserError(f"{root}/val classes differ from {root}/train classes")
         classes = part_classes
@@ -469,9 +487,7 @@ def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, opt
                 raise UserError(f"{len(bad)} unreadable image(s) in {root / part}: {names}")
             print(f"warning: skipped {len(bad)} unreadable image(s) in {root / part}: {names}", file=sys.stderr)
         splits[part] = FolderSplit(good, bad)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if input_size[0] == 3 else ((0.5,), (0.5,))
-    resize = int(round(input_size[1] / CROP_FRACTION))
-    return Data("imagefolder", classes, tuple(input_size), mean, std, resize, splits["train"], splits["val"], options)
+    return Data("imagefolder", classes, photo_spec(input_size), splits["train"], splits["val"], options)
 
 
 def _limit(data: Data, limit: int) -> Data:
@@ -488,39 +504,39 @@ def _limit(data: Data, limit: int) -> Data:
 
 
 def load_data(name: str, data_dir: str | Path | None = None, *, download: bool = False,
-              input_size: tuple[int, int, int] | None = None, default_input_size: tuple[int, int, int] = (3, 224, 224),
-              limit: int | None = None, strict: bool = False, num_classes: int = 10, fake_samples: int = 1024) -> Data:
+              input_size: str | tuple[int, ...] | None = None,
+              default_input_size: tuple[int, int, int] = (3, 224, 224), limit: int | None = None,
+              strict: bool = False, num_classes: int = 10, fake_samples: int = 1024) -> Data:
     """Load a dataset by name.
 
     Args:
         name: one of DATASETS.
         data_dir: folder (or archive) holding the files; ImageFolder: the folder with train/ and val/.
         download: fetch CIFAR/MNIST through torchvision when they are not at data_dir (needs the network).
-        input_size: (C, H, W) to feed the model; default: the dataset's own size (ImageFolder: default_input_size).
+        input_size: (C, H, W), (H, W) or H (cnnzoo.artifact.parse_input_size) the network takes; default: the
+            dataset's own (32 x 32 for the digits and MNIST, as LeNet-5 takes them) or, for ImageFolder and fake
+            data, default_input_size. H and H x W keep the dataset's channels (ImageFolder: the model's).
         default_input_size: the model's default size, used by ImageFolder and fake data.
         limit: keep at most this many images per split (a fixed random subset).
         strict: ImageFolder: an unreadable image is an error rather than a counted warning.
         num_classes, fake_samples: class count and training-set size of the fake dataset.
     """
-    options = {"name": name, "data_dir": str(data_dir) if data_dir else None, "input_size": input_size,
+    options = {"name": name, "data_dir": str(data_dir) if data_dir else None,
+               "input_size": list(input_size) if isinstance(input_size, (tuple, list)) else input_size,
                "limit": limit, "num_classes": num_classes, "fake_samples": fake_samples}
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == "digits":
-        # Shifts of up to 3 pixels at 32x32 (3/4 of a pixel of the original 8x8 digit), small rotations and scalings.
-        data = _tensor_data(name, *_digits(), pad=3, flip=False, affine=True, input_size=input_size, options=options)
+        data = _tensor_data(name, *_digits(), input_size=input_size, options=options)
     elif name == "fake":
-        size = tuple(input_size or default_input_size)
-        size = (default_input_size[0], *size) if len(size) == 2 else size
-        data = _tensor_data(name, *_fake(num_classes, size, fake_samples), pad=4, flip=True, input_size=size,
-                            options=options)
+        size = resolve_input_size(input_size, default_input_size)
+        data = _tensor_data(name, *_fake(num_classes, size, fake_samples), input_size=size, options=options)
     else:
         if data_dir is None:
             raise UserError(f"--data {name} needs --data-dir")
         root = Path(data_dir).expanduser()
         if name == "imagefolder":
-            size = tuple(input_size or default_input_size)
-            data = _imagefolder(root, (default_input_size[0], *size) if len(size) == 2 else size, strict, options)
+            data = _imagefolder(root, resolve_input_size(input_size, default_input_size), strict, options)
         else:
             if not root.exists() and not download:
                 raise UserError(f"no such data folder: {root}")
@@ -528,9 +544,20 @@ def load_data(name: str, data_dir: str | Path | None = None, *, download: bool =
                 root.mkdir(parents=True, exist_ok=True)
                 _torchvision_download(name, root)
             reader = _cifar if name.startswith("cifar") else _mnist
-            pad, flip = (4, True) if name.startswith("cifar") else (2, name == "fashion_mnist")
-            data = _tensor_data(name, *reader(name, root), pad=pad, flip=flip, input_size=input_size, options=options)
+            data = _tensor_data(name, *reader(name, root), input_size=input_size, options=options)
     return _limit(data, limit) if limit else data
+
+
+def load_data_for(card: ModelCard, **overrides) -> Data:
+    """The dataset a model was trained on (the load_data options its card records, updated by ``overrides``
+    such as name, data_dir, limit), at the model's input size."""
+    options = dict(card.extra.get("data") or {})
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    name = options.pop("name", None)
+    if name is None:
+        raise UserError("the checkpoint does not record its dataset; pass --data")
+    options.pop("input_size", None)
+    return load_data(name, input_size=card.input.size, default_input_size=card.input.size, **options)
 
 
 def split_data(src: str | Path, dst: str | Path, val: float = 0.2, seed: int = 0) -> dict[str, int]:
@@ -541,7 +568,7 @@ def split_data(src: str | Path, dst: str | Path, val: float = 0.2, seed: int = 0
     src, dst = Path(src), Path(dst)
     if not 0 < val < 1:
         raise UserError(f"--val must be between 0 and 1, got {val}")
-    classes, samples = _scan_classes(src)
+    classes, samples = scan_image_folder(src)
     if dst.exists() and any(dst.iterdir()):
         raise UserError(f"{dst} already exists and is not empty")
     rng = np.random.default_rng(seed)

@@ -7,19 +7,20 @@ the accuracy here is the micro one, the number papers and torchvision report.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from cnnzoo.checkpoint import build_model, load_checkpoint
-from cnnzoo.data import Data
-from cnnzoo.train import evaluate as evaluate_loader
-from cnnzoo.train import load_for_checkpoint
+from cnnzoo import distributed as ddp
+from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
+from cnnzoo.data import Data, load_data_for
 
-__all__ = ["EvalReport", "evaluate"]
+__all__ = ["EvalReport", "evaluate", "run_eval"]
 
 
 @dataclass
@@ -103,21 +104,62 @@ def _per_class(confusion: torch.Tensor, classes: list[str]) -> list[dict]:
             for n, p, r, f, s in zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), actual.tolist())]
 
 
-def evaluate(checkpoint: str | Path | dict, data: Data | None = None, *, split: str = "val", batch_size: int = 256,
-             device: str | None = None, workers: int = 2, **data_options) -> EvalReport:
+@torch.inference_mode()
+def run_eval(model: nn.Module, loader, num_classes: int, *, env: ddp.DistEnv | None = None,
+             autocast: contextlib.AbstractContextManager | None = None, channels_last: bool = False,
+             collect: bool = False) -> dict:
+    """Loss, top-1 and top-5 (micro: correct / images), the confusion matrix (rows: true class) and, with
+    ``collect``, per-image (index, prediction, probability). Under DDP each rank evaluates a disjoint shard and
+    the sums are all-reduced, so the numbers equal the single-process ones exactly. The trainer's validation
+    and ``evaluate`` both run this loop."""
+    env = env or ddp.DistEnv(device=next(model.parameters()).device)
+    model.eval()
+    k = min(5, num_classes)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1, top-k, images
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    preds = []
+    for x, y, idx in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast or contextlib.nullcontext():
+            logits = model(x)
+        logits = logits.float().cpu()
+        y = y.cpu()
+        top = logits.topk(k, 1).indices
+        sums += torch.tensor([nn.functional.cross_entropy(logits, y, reduction="sum").item(),
+                              (top[:, 0] == y).sum().item(), (top == y[:, None]).any(1).sum().item(), len(y)],
+                             dtype=torch.float64)
+        confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes * num_classes)
+        if collect:
+            prob = logits.softmax(1).max(1).values
+            preds += list(zip(idx.tolist(), top[:, 0].tolist(), prob.tolist()))
+    ddp.all_reduce_sum(sums, env)
+    ddp.all_reduce_sum(confusion, env)
+    n = max(sums[3].item(), 1)
+    result = dict(loss=sums[0].item() / n, top1=sums[1].item() / n, top5=sums[2].item() / n, images=int(sums[3]),
+                  confusion=confusion.view(num_classes, num_classes))
+    if collect:
+        result["predictions"] = preds
+    return result
+
+
+def evaluate(checkpoint: str | Path | Checkpoint, data: Data | None = None, *, split: str = "val",
+             batch_size: int = 256, device: str | None = None, workers: int = 2, **data_options) -> EvalReport:
     """Evaluate a checkpoint on ``data`` (default: the dataset it was trained on, loaded with its recorded
     options updated by ``data_options`` such as name, data_dir, limit), on its validation split by default.
 
-    Refuses a dataset whose classes differ from the checkpoint's: the indices would silently mean other classes.
+    Images are preprocessed by the checkpoint's own input contract (its card), never the dataset's statistics, so
+    the number equals the fraction ``predict`` gets right on the same image files. Refuses a dataset whose classes
+    differ from the checkpoint's: the indices would silently mean other classes.
     """
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    data = data or load_for_checkpoint(ckpt, **data_options)
-    data.check_classes(ckpt["classes"])
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    card = ckpt.card
+    data = data or load_data_for(card, **data_options)
+    data.check_classes(list(card.classes))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(ckpt).to(dev)
-    loader = data.loader(split, batch_size, train=False, device=dev, workers=workers)
-    r = evaluate_loader(model, loader, data.num_classes, collect=True,
-                        channels_last=getattr(model, "channels_last", False))
+    loader = data.loader(split, batch_size, train=False, spec=card.input, device=dev, workers=workers)
+    r = run_eval(model, loader, data.num_classes, collect=True, channels_last=getattr(model, "channels_last", False))
     part, classes = getattr(data, split), list(data.classes)
     labels = part.labels.tolist()
     wrong = [dict(path=part.name(i), true=classes[labels[i]], predicted=classes[p], probability=round(prob, 6))

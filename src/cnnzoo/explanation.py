@@ -31,7 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from PIL import Image
+
+from cnnzoo.artifact import ModelCard
+from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.errors import UserError
+from cnnzoo.images import open_image, preprocess
 
 __all__ = ["METHODS", "Explanation", "explain"]
 
@@ -128,17 +133,15 @@ def _upsample(grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(grid[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _resolve_model(model_or_checkpoint) -> tuple[nn.Module, dict]:
-    """The model in eval mode and, for checkpoints, the checkpoint (classes and preprocessing)."""
+def _resolve_model(model_or_checkpoint) -> tuple[nn.Module, ModelCard | None]:
+    """The model in eval mode and, for checkpoints, its card (classes and input contract)."""
     if isinstance(model_or_checkpoint, nn.Module):
-        return model_or_checkpoint.eval(), {}
-    from cnnzoo.checkpoint import build_model, load_checkpoint
-
-    ckpt = model_or_checkpoint if isinstance(model_or_checkpoint, dict) else load_checkpoint(model_or_checkpoint)
-    return build_model(ckpt), ckpt
+        return model_or_checkpoint.eval(), None
+    ckpt = model_or_checkpoint if isinstance(model_or_checkpoint, Checkpoint) else load_checkpoint(model_or_checkpoint)
+    return build_model(ckpt), ckpt.card
 
 
-def _resolve_input(image, ckpt: dict) -> tuple[torch.Tensor, np.ndarray]:
+def _resolve_input(image, card: ModelCard | None) -> tuple[torch.Tensor, np.ndarray]:
     """The 1 x C x H x W network input and the H x W x C display image in [0, 1]."""
     if isinstance(image, (torch.Tensor, np.ndarray)):
         x = torch.as_tensor(image, dtype=torch.float32)
@@ -146,18 +149,13 @@ def _resolve_input(image, ckpt: dict) -> tuple[torch.Tensor, np.ndarray]:
         if x.dim() != 4 or x.shape[0] != 1:
             raise UserError(f"explain takes one image: C x H x W or 1 x C x H x W, not {tuple(x.shape)}")
     else:
-        if not ckpt:
+        if card is None:
             raise UserError("an image file needs a checkpoint (its preprocessing); with a bare model pass a tensor")
-        from PIL import Image
-
-        from cnnzoo.images import open_image, preprocess
-
-        pil = image if isinstance(image, Image.Image) else open_image(image, channels=ckpt["input_size"][0])
-        array = preprocess(pil, ckpt["input_size"], ckpt["mean"], ckpt["std"], ckpt["resize_size"])
-        x = torch.from_numpy(array)[None]
-    if ckpt:
-        mean = torch.tensor(ckpt["mean"]).view(-1, 1, 1)
-        std = torch.tensor(ckpt["std"]).view(-1, 1, 1)
+        pil = image if isinstance(image, Image.Image) else open_image(image, channels=card.input.channels)
+        x = torch.from_numpy(preprocess(pil, card.input))[None]
+    if card is not None:
+        mean = torch.tensor(card.input.mean).view(-1, 1, 1)
+        std = torch.tensor(card.input.std).view(-1, 1, 1)
         shown = (x[0] * std + mean).clamp(0, 1).numpy()
     else:
         shown = _unit(x[0].numpy())  # normalisation unknown: stretch to [0, 1] for display
@@ -315,12 +313,12 @@ def explain(
     """
     if method not in RUNNERS:
         raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    model, ckpt = _resolve_model(model_or_checkpoint)
-    x, shown = _resolve_input(image, ckpt)
+    model, card = _resolve_model(model_or_checkpoint)
+    x, shown = _resolve_input(image, card)
     x = x.to(next(model.parameters()).device)
     with torch.no_grad():
         probs = F.softmax(model(x), dim=1)[0].cpu()
-    classes = ckpt.get("classes") or None
+    classes = list(card.classes) if card else None
     predicted = int(probs.argmax())
     target = _resolve_target(target, predicted, probs.numel(), classes)
     if method in INPUT_METHODS:

@@ -1,10 +1,10 @@
 """Export a trained network to ONNX, TorchScript or OpenVINO IR, and check the result against PyTorch.
 
     export(source, out, format="onnx")          -> ExportReport
-        source: a checkpoint path, a loaded checkpoint dict, or a network (nn.Module) with ``meta=``
-        onnx         torch.onnx.export, named input/logits, dynamic batch axis, metadata under "cnnzoo"
-        torchscript  torch.jit.trace or torch.jit.script, metadata in the archive's extra file "cnnzoo.json"
-        openvino     the checked ONNX graph through openvino.convert_model, metadata in rt_info["cnnzoo"]
+        source: a checkpoint path, a loaded Checkpoint, or a network (nn.Module) with ``card=`` or ``input_size=``
+        onnx         torch.onnx.export, named input/logits, dynamic batch axis, the model card under "cnnzoo"
+        torchscript  torch.jit.trace or torch.jit.script, the card in the archive's extra file "cnnzoo.json"
+        openvino     the checked ONNX graph through openvino.convert_model, the card in rt_info["cnnzoo"]
         quantize="int8" (ONNX only): ONNX Runtime post-training static quantisation calibrated on training
         images, refused when validation top-1 drops by more than max_drop points.
 
@@ -37,15 +37,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnzoo.artifact import ModelCard, photo_spec, resolve_input_size
+from cnnzoo.choices import EXPORT_FORMATS, TORCHSCRIPT_METHODS
+from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.errors import UserError
+from cnnzoo.images import open_image, preprocess, scan_image_folder
+from cnnzoo.registry import check_input_size
+from cnnzoo.runtime import META_KEY, onnx_session
 
-__all__ = ["FORMATS", "METHODS", "ExportError", "ExportReport", "export", "parse_input_size", "metadata"]
+__all__ = ["FORMATS", "METHODS", "ExportError", "ExportReport", "export"]
 
-FORMATS = ("onnx", "torchscript", "openvino")
-METHODS = ("trace", "script")
+FORMATS, METHODS = EXPORT_FORMATS, TORCHSCRIPT_METHODS
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
-META_KEY = "cnnzoo"  # equals cnnzoo.runtime.META_KEY; repeated so that export does not import the runtime
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class ExportError(UserError):
@@ -77,69 +80,29 @@ class ExportReport:
         return "\n".join([line, *self.notes])
 
 
-def parse_input_size(value: str | Sequence[int]) -> tuple[int, int, int]:
-    """'3x224x224', '224' (3 channels implied) or a (C, H, W) sequence -> (C, H, W)."""
-    if isinstance(value, str):
-        try:
-            parts = [int(v) for v in value.lower().replace(",", "x").split("x")]
-        except ValueError:
-            raise UserError(f"input size {value!r}: expected CxHxW such as 3x224x224") from None
-        value = [3, parts[0], parts[0]] if len(parts) == 1 else parts
-    size = tuple(int(v) for v in value)
-    if len(size) != 3 or min(size) < 1:
-        raise UserError(f"input size {value!r}: expected three positive numbers C, H, W")
-    return size  # type: ignore[return-value]
-
-
-def metadata(ckpt: dict, input_size: Sequence[int] | None = None) -> dict:
-    """The JSON that travels inside exported files (runtime.META_KEY), from a checkpoint dict.
-
-    When exporting at another input size the eval resize keeps the checkpoint's crop ratio (256/224 stays 8/7).
-    """
-    size = list(ckpt["input_size"]) if input_size is None else list(input_size)
-    resize = int(ckpt["resize_size"])
-    if list(size) != list(ckpt["input_size"]):
-        resize = int(round(min(size[1:]) * resize / min(ckpt["input_size"][1:])))
-    return {
-        "model_name": ckpt["model_name"],
-        "classes": list(ckpt["classes"]),
-        "input_size": size,
-        "mean": list(ckpt["mean"]),
-        "std": list(ckpt["std"]),
-        "resize_size": resize,
-    }
-
-
-def _default_meta(model: nn.Module, input_size: Sequence[int] | None) -> dict:
-    """Metadata for a bare network: class names 0..K-1, ImageNet normalisation (0.5 for one channel)."""
+def _bare_card(model: nn.Module, input_size) -> ModelCard:
+    """The card of a bare network: class names 0..K-1 and the photo contract (ImageNet statistics, crop 224/256)."""
     if input_size is None:
-        raise UserError("exporting a bare network needs input_size (C, H, W) or a checkpoint")
-    chans, height, _ = input_size
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
+        raise UserError("exporting a bare network needs input_size (C, H, W) or a card")
     classes = [str(i) for i in range(int(getattr(model, "num_classes", 0)))]
-    return {
-        "model_name": type(model).__name__.lower(),
-        "classes": classes,
-        "input_size": list(input_size),
-        "mean": list(mean),
-        "std": list(std),
-        "resize_size": int(round(height * 256 / 224)),
-    }
+    return ModelCard(type(model).__name__.lower(), {}, tuple(classes), photo_spec(input_size))
 
 
-def _resolve(source: str | Path | dict | nn.Module, input_size, meta: dict | None) -> tuple[nn.Module, dict, str]:
+def _resolve(source: str | Path | Checkpoint | nn.Module, input_size, card: ModelCard | None
+             ) -> tuple[nn.Module, ModelCard, str]:
+    """(network in eval mode, its card at the export's input size, the default output file stem)."""
     if isinstance(source, nn.Module):
-        model, stem = source, type(source).__name__.lower()
-        meta = dict(meta) if meta else _default_meta(source, input_size)
+        card = card or _bare_card(source, resolve_input_size(input_size, (3, 224, 224)))
         if input_size is not None:
-            meta["input_size"] = list(input_size)
-        return model.eval(), meta, stem
-    from cnnzoo.checkpoint import build_model, load_checkpoint
-
-    ckpt = load_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+            card = card.with_input(card.input.at_size(resolve_input_size(input_size, card.input.size)))
+        return source.eval(), card, type(source).__name__.lower()
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
     named = isinstance(source, (str, os.PathLike)) and not Path(source).is_dir()
-    stem = Path(source).stem if named else ckpt["model_name"]
-    return build_model(ckpt), {**metadata(ckpt, input_size), **(meta or {})}, stem
+    card = card or ckpt.card
+    if input_size is not None:
+        card = card.with_input(card.input.at_size(resolve_input_size(input_size, card.input.size)))
+        check_input_size(card.model_name, card.input.size, **card.model_kwargs)  # before any real arithmetic
+    return build_model(ckpt), card, Path(source).stem if named else card.model_name
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -251,26 +214,7 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
-def _threads() -> int:
-    # The conventional knob (OMP_NUM_THREADS) also limits ONNX Runtime's pool; 0 lets it pick.
-    try:
-        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
-    except ValueError:
-        return 0
-
-
-def _ort_session(model: str | Path | bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = _threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool, meta: dict) -> bytes:
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool, card: ModelCard) -> bytes:
     import onnx
 
     buffer = io.BytesIO()
@@ -283,26 +227,34 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamic_bat
                 input_names=["input"], output_names=["logits"], dynamic_axes=axes, do_constant_folding=True,
             )
     except Exception as err:  # the exporter's own message is the useful part; its IR dump is not
-        raise ExportError(f"{meta['model_name']} cannot be exported to ONNX: {_first_line(err)}") from None
+        raise ExportError(f"{card.model_name} cannot be exported to ONNX: {_first_line(err)}") from None
     proto = onnx.load_from_string(buffer.getvalue())
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta)
-    proto.doc_string = f"cnnzoo {meta['model_name']}"
+    _set_card(proto, card)
+    proto.doc_string = f"cnnzoo {card.model_name}"
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as err:
-        raise ExportError(f"onnx.checker rejects the exported {meta['model_name']}: {_first_line(err)}") from None
+        raise ExportError(f"onnx.checker rejects the exported {card.model_name}: {_first_line(err)}") from None
     return proto.SerializeToString()
 
 
-def _export_onnx(model, out, meta, input_size, opset, dynamic_batch, inputs, ref) -> float:
-    data = _onnx_bytes(model, inputs[0][:1], opset, dynamic_batch, meta)
+def _set_card(proto, card: ModelCard) -> None:
+    """The card as the ONNX model's one cnnzoo metadata entry (replacing any the graph already carries)."""
+    kept = [p for p in proto.metadata_props if p.key != META_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, card.to_json()
+
+
+def _export_onnx(model, out, card, opset, dynamic_batch, inputs, ref) -> float:
+    data = _onnx_bytes(model, inputs[0][:1], opset, dynamic_batch, card)
     out.write_bytes(data)
-    session = _ort_session(out)
+    session = onnx_session(out)
     return _max_diff([session.run(None, {"input": x.numpy()})[0] for x in inputs], ref)
 
 
-def _export_torchscript(model, out, meta, method, inputs, ref, notes) -> float:
+def _export_torchscript(model, out, card, method, inputs, ref, notes) -> float:
     with warnings.catch_warnings(record=True) as caught:
         # torch 2.14 marks torch.jit deprecated on every call; the format is still what libtorch loads
         warnings.simplefilter("ignore", FutureWarning)
@@ -313,9 +265,9 @@ def _export_torchscript(model, out, meta, method, inputs, ref, notes) -> float:
             else:
                 module = torch.jit.trace(model, inputs[0][:1], check_trace=False)
         except Exception as err:
-            raise ExportError(f"{meta['model_name']} cannot be exported with torch.jit.{method}: "
+            raise ExportError(f"{card.model_name} cannot be exported with torch.jit.{method}: "
                               f"{_first_line(err)}") from None
-        torch.jit.save(module, str(out), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
+        torch.jit.save(module, str(out), _extra_files={f"{META_KEY}.json": card.to_json()})
         loaded = torch.jit.load(str(out), map_location="cpu").eval()
     for w in caught:
         if issubclass(w.category, torch.jit.TracerWarning):
@@ -324,22 +276,22 @@ def _export_torchscript(model, out, meta, method, inputs, ref, notes) -> float:
         return _max_diff([loaded(x).float().numpy() for x in inputs], ref)
 
 
-def _export_openvino(model, out, meta, opset, dynamic_batch, inputs, ref) -> float:
+def _export_openvino(model, out, card, opset, dynamic_batch, inputs, ref) -> float:
     import openvino as ov
 
-    data = _onnx_bytes(model, inputs[0][:1], opset, dynamic_batch, meta)
+    from cnnzoo.runtime import default_threads
+
+    data = _onnx_bytes(model, inputs[0][:1], opset, dynamic_batch, card)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         onnx_path.write_bytes(data)
         ov_model = ov.convert_model(str(onnx_path))
-    ov_model.set_rt_info(json.dumps(meta), META_KEY)
+    ov_model.set_rt_info(card.to_json(), META_KEY)
     # fp32 weights: the IR's default fp16 compression alone moves logits by ~1e-3.
     ov.save_model(ov_model, str(out), compress_to_fp16=False)
     core = ov.Core()
     # f32 execution for the check: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs in bf16.
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
-    if _threads():
-        config["INFERENCE_NUM_THREADS"] = _threads()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": default_threads()}
     compiled = core.compile_model(core.read_model(str(out)), "CPU", config)
     return _max_diff([compiled(x.numpy())[0] for x in inputs], ref)
 
@@ -351,58 +303,47 @@ def _export_openvino(model, out, meta, opset, dynamic_batch, inputs, ref) -> flo
 
 def _labelled_images(folder: str | Path, classes: list[str], limit: int | None) -> list[tuple[Path, int]]:
     """(path, class index) of an ImageFolder, taken round-robin over classes so a prefix covers them all."""
-    from cnnzoo.images import IMAGE_EXTENSIONS
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"no such image folder: {folder}")
+    folder_classes, samples = scan_image_folder(folder)
     index = {name: i for i, name in enumerate(classes)}
-    per_class = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if sub.name not in index:
-            raise UserError(f"{sub}: class {sub.name!r} is not one of the model's classes")
-        files = sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        per_class.append([(p, index[sub.name]) for p in files])
-    items = [item for group in zip(*per_class) for item in group] if per_class else []
+    stray = [name for name in folder_classes if name not in index]
+    if stray:
+        raise UserError(f"{Path(folder) / stray[0]}: class {stray[0]!r} is not one of the model's classes")
+    per_class = [[(Path(p), index[name]) for p, label in samples if label == i] for i, name in enumerate(folder_classes)]
+    items = [item for group in zip(*per_class) for item in group]
     # zip stops at the shortest class; append the remainder in order so no image is lost
     taken = {p for p, _ in items}
     items += [item for group in per_class for item in group if item[0] not in taken]
-    if not items:
-        raise UserError(f"{folder} holds no images in class sub-folders")
     return items[:limit] if limit else items
 
 
-def _batches(items, meta: dict, batch: int = 32):
-    from cnnzoo.images import open_image, preprocess
-
-    size, mean, std, resize = meta["input_size"], meta["mean"], meta["std"], meta["resize_size"]
+def _batches(items, card: ModelCard, batch: int = 32):
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        arrays = [preprocess(open_image(p, channels=size[0]), size, mean, std, resize) for p, _ in chunk]
+        arrays = [preprocess(open_image(p, channels=card.input.channels), card.input) for p, _ in chunk]
         yield np.stack(arrays), np.array([label for _, label in chunk])
 
 
-def _top1(session, items, meta: dict) -> float:
+def _top1(session, items, card: ModelCard) -> float:
     correct = 0
-    for x, y in _batches(items, meta):
+    for x, y in _batches(items, card):
         correct += int((session.run(None, {"input": x})[0].argmax(1) == y).sum())
     return 100.0 * correct / len(items)
 
 
-def _quantize_int8(fp32: Path, out: Path, meta: dict, calib_data, val_data, calib_images: int, max_drop: float,
-                   report: ExportReport) -> None:
+def _quantize_int8(fp32: Path, out: Path, card: ModelCard, calib_data, val_data, calib_images: int,
+                   max_drop: float, report: ExportReport) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if calib_data is None or val_data is None:
         raise UserError("--quantize int8 needs calibration images (--calib-data) and a validation split (--val-data)")
-    calib = _labelled_images(calib_data, meta["classes"], calib_images)
-    val = _labelled_images(val_data, meta["classes"], None)
+    calib = _labelled_images(calib_data, list(card.classes), calib_images)
+    val = _labelled_images(val_data, list(card.classes), None)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._it = (x for x, _ in _batches(calib, meta, batch=1))
+            self._it = (x for x, _ in _batches(calib, card, batch=1))
 
         def get_next(self):
             x = next(self._it, None)
@@ -416,11 +357,9 @@ def _quantize_int8(fp32: Path, out: Path, meta: dict, calib_data, val_data, cali
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     proto = onnx.load(str(out))
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta)
+    _set_card(proto, card)
     onnx.save(proto, str(out))
-    report.top1_fp32, report.top1_int8 = _top1(_ort_session(fp32), val, meta), _top1(_ort_session(out), val, meta)
+    report.top1_fp32, report.top1_int8 = _top1(onnx_session(fp32), val, card), _top1(onnx_session(out), val, card)
     drop = report.top1_fp32 - report.top1_int8
     report.notes.append(f"int8 calibrated on {len(calib)} training images; validation top-1 on {len(val)} images: "
                         f"fp32 {report.top1_fp32:.2f}%, int8 {report.top1_int8:.2f}% (drop {drop:+.2f} points)")
@@ -433,7 +372,7 @@ def _quantize_int8(fp32: Path, out: Path, meta: dict, calib_data, val_data, cali
 
 
 def export(
-    source: str | Path | dict | nn.Module,
+    source: str | Path | Checkpoint | nn.Module,
     out: str | Path | None = None,
     format: str = "onnx",
     *,
@@ -447,24 +386,26 @@ def export(
     calib_images: int = 100,
     max_drop: float = 1.0,
     atol: float = 1e-4,
-    meta: dict | None = None,
+    card: ModelCard | None = None,
 ) -> ExportReport:
-    """Export a checkpoint (path or dict) or a network to ``out`` and check it against PyTorch.
+    """Export a checkpoint (path or loaded) or a network to ``out`` and check it against PyTorch.
 
     Args:
-        source: a cnnzoo checkpoint path or dict, or an nn.Module (then ``input_size`` or ``meta`` is needed).
+        source: a cnnzoo checkpoint path or Checkpoint, or an nn.Module (then ``input_size`` or ``card`` is needed).
         out: output file; default beside the checkpoint: ``.onnx``, ``.torchscript.pt`` or ``.xml`` (+ ``.bin``).
         format: "onnx", "torchscript" or "openvino".
         opset: ONNX opset (onnx and openvino).
         dynamic_batch: a dynamic batch axis (default) or a static batch of 1.
-        input_size: export at another (C, H, W) than the checkpoint's ("3x160x160").
+        input_size: export at another input size than the checkpoint's: "3x160x160", "160x160" or "160" (the
+            model's channels), or a sequence; the card's resize keeps its ratio to the crop.
         method: "trace" or "script" (torchscript).
         quantize: "int8" for ONNX Runtime static quantisation (onnx only).
         calib_data, val_data: ImageFolder directories of training images (calibration) and the validation split.
         calib_images: how many training images calibrate the activation ranges.
         max_drop: refuse the int8 export when validation top-1 drops by more than this many points.
         atol: the largest max abs difference from PyTorch's logits accepted.
-        meta: metadata overrides (model_name, classes, input_size, mean, std, resize_size).
+        card: the model card to embed (default: the checkpoint's; for a bare network: classes 0..K-1 and the
+            photo contract).
 
     Raises:
         ExportError: the network cannot be exported, or the exported model differs from PyTorch by more than atol.
@@ -478,39 +419,39 @@ def export(
         raise UserError(f"unknown quantisation {quantize!r}; only int8 is supported")
     if quantize and format != "onnx":
         raise UserError("--quantize int8 is available for --format onnx only")
-    size = parse_input_size(input_size) if input_size is not None else None
-    model, meta, stem = _resolve(source, size, meta)
-    size = tuple(int(v) for v in meta["input_size"])
+    _check_numbers(opset, calib_images, max_drop, atol)
+    model, card, stem = _resolve(source, input_size, card)
+    size = card.input.size
     if out is None:
         base = Path.cwd()
         if isinstance(source, (str, os.PathLike)):  # beside the checkpoint, or inside the run folder given
             base = Path(source) if Path(source).is_dir() else Path(source).parent
         out = base / (stem + ("-int8" if quantize else "") + SUFFIXES[format])
-    out = Path(out)
+    out = _check_out(Path(out), format, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch_sizes = (1, 2) if dynamic_batch else (1,)
     inputs = _inputs(size, batch_sizes)
     try:
         ref = _reference(model, inputs)
     except RuntimeError as err:
-        raise ExportError(f"{meta['model_name']} does not run at input {size}: {_first_line(err)}") from None
+        raise ExportError(f"{card.model_name} does not run at input {size}: {_first_line(err)}") from None
     report = ExportReport(out, format + ("-int8" if quantize else ""), size, 0.0, batch_sizes, 0.0)
     # Written beside the target and renamed only once checked; OpenVINO's .bin travels with its .xml.
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     try:
         if format == "onnx":
-            report.max_abs_diff = _export_onnx(model, tmp, meta, size, opset, dynamic_batch, inputs, ref)
+            report.max_abs_diff = _export_onnx(model, tmp, card, opset, dynamic_batch, inputs, ref)
         elif format == "torchscript":
-            report.max_abs_diff = _export_torchscript(model, tmp, meta, method, inputs, ref, report.notes)
+            report.max_abs_diff = _export_torchscript(model, tmp, card, method, inputs, ref, report.notes)
         else:
-            report.max_abs_diff = _export_openvino(model, tmp, meta, opset, dynamic_batch, inputs, ref)
+            report.max_abs_diff = _export_openvino(model, tmp, card, opset, dynamic_batch, inputs, ref)
         if not report.max_abs_diff <= atol:
-            raise ExportError(f"exported {meta['model_name']} differs from PyTorch by {report.max_abs_diff:.2e} "
+            raise ExportError(f"exported {card.model_name} differs from PyTorch by {report.max_abs_diff:.2e} "
                               f"(max abs diff, limit {atol:g}); not written")
         if quantize:
             qtmp = out.with_name(f".{out.stem}.tmp-int8{out.suffix}")
             try:
-                _quantize_int8(tmp, qtmp, meta, calib_data, val_data, calib_images, max_drop, report)
+                _quantize_int8(tmp, qtmp, card, calib_data, val_data, calib_images, max_drop, report)
                 os.replace(qtmp, out)
             finally:
                 qtmp.unlink(missing_ok=True)
@@ -524,3 +465,37 @@ def export(
         tmp.with_suffix(".bin").unlink(missing_ok=True)
     report.seconds = time.perf_counter() - start
     return report
+
+
+# The ONNX opsets torch's legacy exporter writes (torch 2.14) and ONNX Runtime runs.
+OPSETS = range(7, 21)
+
+
+def _check_numbers(opset: int, calib_images: int, max_drop: float, atol: float) -> None:
+    """One line naming the option and its range, before anything is built or written."""
+    checks = [
+        (opset in OPSETS, f"--opset must lie in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}"),
+        (isinstance(calib_images, int) and calib_images >= 1, f"--calib-images must be at least 1, got {calib_images}"),
+        (0 <= max_drop <= 100, f"--max-drop must lie in 0..100 points, got {max_drop}"),  # also refuses nan
+        (0 < atol < float("inf"), f"atol must be positive and finite, got {atol}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _check_out(out: Path, format: str, source) -> Path:
+    """Refuse an output that is not of the format's kind, or that would overwrite the export's own input."""
+    if format == "openvino" and out.suffix != ".xml":
+        raise UserError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin); --out {out} does not end in .xml")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the file to write")
+    # The file the checkpoint was read from (a run folder's last.pt); compared resolved, whether or not --out
+    # exists yet (runs/x/new/../best.pt is best.pt once the missing folder is made), and with the IR's .bin too.
+    src = source.path if isinstance(source, Checkpoint) else source
+    if isinstance(src, (str, os.PathLike)) and Path(src).exists():
+        src = Path(src) / "last.pt" if Path(src).is_dir() else Path(src)
+        written = [out, out.with_suffix(".bin")] if format == "openvino" else [out]
+        if any(path.resolve() == src.resolve() for path in written):
+            raise UserError(f"--out {out} is the checkpoint being exported; choose another file")
+    return out

@@ -13,8 +13,10 @@ Torch-free (PIL + numpy), so the ONNX Runtime / OpenVINO paths and the service n
           at 255); transparency (LA, PA, RGBA, P or RGB/L with a transparent colour) is composited on WHITE,
           the background a viewer shows and the one documents and web graphics are drawn for. Embedded ICC
           profiles are not applied (neither do torchvision's decoders), so CMYK uses the plain inversion.
-    preprocess(image, input_size, mean, std, resize_size) -> float32 C x H x W, torchvision's eval preset
-        (Resize(resize_size) -> CenterCrop(H, W) -> ToTensor -> Normalize) written in numpy, value for value.
+    preprocess(image, spec) -> float32 C x H x W: the model's InputSpec (cnnzoo.artifact) applied, its geometric half
+        (fit_image: channels, resize policy, centre crop or pad) then normalize; for the "crop" policy this is
+        torchvision's eval preset (Resize -> CenterCrop -> ToTensor -> Normalize) value for value.
+    scan_image_folder(root) -> the one class-per-folder scanner (training, evaluation, calibration, split-data).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from cnnzoo.artifact import InputSpec
 from cnnzoo.errors import UserError
 
 __all__ = [
@@ -41,7 +44,12 @@ __all__ = [
     "ImageTooLarge",
     "open_image",
     "to_mode",
+    "fit_image",
+    "fit_images",
+    "normalize",
     "preprocess",
+    "image_files",
+    "scan_image_folder",
 ]
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF"})
@@ -221,48 +229,118 @@ def _decode(fp: BinaryIO, label: str, channels: int, max_pixels: int) -> Image.I
     return to_mode(upright, channels)
 
 
-def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    # torchvision's Resize(int): the shorter side becomes `size`, the longer one int(size * long / short).
-    if width <= height:
-        return size, int(size * height / width)
-    return int(size * width / height), size
+_RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+               "bicubic": Image.Resampling.BICUBIC}
 
 
-def preprocess(
-    image: Image.Image,
-    input_size: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize_size: int,
-) -> np.ndarray:
-    """torchvision's evaluation preset on one image: float32 C x H x W.
+def _resized_size(width: int, height: int, spec: InputSpec) -> tuple[int, int]:
+    """(width, height) after the resize step of the spec's policy (cnnzoo.artifact)."""
+    if spec.resize == "stretch":
+        return spec.width, spec.height
+    size = spec.resize_size
+    # torchvision's Resize(int) for "crop": the shorter side becomes `size`, the longer int(size * long / short);
+    # "pad" is the same rule on the longer side.
+    shorter_first = (width <= height) == (spec.resize == "crop")
+    if shorter_first:
+        return size, max(1, int(size * height / width))
+    return max(1, int(size * width / height)), size
 
-    The shorter side is resized to resize_size (bilinear, as Resize on a PIL image), the centre H x W is cropped
-    (zero-padded where the image is smaller, as CenterCrop), values are scaled to [0, 1] and normalised with
-    mean and std. An image of the wrong mode is converted as open_image would.
-    """
-    chans, height, width = (int(v) for v in input_size)
-    if len(mean) != chans or len(std) != chans:
-        raise UserError(f"mean and std need {chans} values each for {chans}-channel input: {list(mean)}, {list(std)}")
-    image = to_mode(image, chans)
-    size = _resized_size(*image.size, int(resize_size))
+
+def fit_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """The geometric half of preprocessing: an image of any mode and size as uint8 H x W x C, by the spec's
+    channels, resize policy and interpolation (no normalisation)."""
+    image = to_mode(image, spec.channels)
+    size = _resized_size(*image.size, spec)
     if size != image.size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.float32).reshape(image.size[1], image.size[0], chans)
-    array = _center_crop(array, height, width)
-    array = array.transpose(2, 0, 1) / np.float32(255.0)
-    mean_ = np.asarray(mean, dtype=np.float32).reshape(chans, 1, 1)
-    std_ = np.asarray(std, dtype=np.float32).reshape(chans, 1, 1)
-    return np.ascontiguousarray((array - mean_) / std_, dtype=np.float32)
+        image = image.resize(size, _RESAMPLING[spec.interpolation])
+    array = np.asarray(image, dtype=np.uint8).reshape(image.size[1], image.size[0], spec.channels)
+    return _center_crop(array, spec.height, spec.width)
 
 
-def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """torchvision's CenterCrop on an H x W x C array, zero padding first where the crop is larger."""
-    img_h, img_w = array.shape[:2]
+def fit_images(batch: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """fit_image over a uint8 N x C x h x w batch (the in-memory datasets), as uint8 N x C x H x W.
+
+    Image for image the same as fit_image on the PIL image of each array; when neither the channels nor the size
+    change, the (then purely geometric) crop or pad is applied to the whole batch at once."""
+    n, channels, height, width = batch.shape
+    if channels == spec.channels and _resized_size(width, height, spec) == (width, height):
+        return np.ascontiguousarray(_center_crop(batch.transpose(0, 2, 3, 1), spec.height, spec.width, axis=1)
+                                    .transpose(0, 3, 1, 2))
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((n, spec.channels, spec.height, spec.width), np.uint8)
+    for i in range(n):
+        pixels = batch[i, 0] if channels == 1 else batch[i].transpose(1, 2, 0)
+        out[i] = fit_image(Image.fromarray(np.ascontiguousarray(pixels), mode), spec).transpose(2, 0, 1)
+    return out
+
+
+def normalize(array: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 H x W x C -> float32 C x H x W in [0, 1], normalised by the spec's mean and std. The torch loaders
+    of cnnzoo.data do the same float32 operations in the same order, so both give the same bits."""
+    x = array.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def preprocess(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """The one evaluation preprocessing of cnnzoo: float32 C x H x W for any PIL image (fit_image, normalize).
+
+    Every path that shows an image to a trained network uses it: evaluation of image folders, predict, explain,
+    the ONNX/OpenVINO/TorchScript runtimes and the HTTP service."""
+    return normalize(fit_image(image, spec), spec)
+
+
+def _center_crop(array: np.ndarray, height: int, width: int, axis: int = 0) -> np.ndarray:
+    """torchvision's CenterCrop on the two axes from ``axis``, zero padding first where the crop is larger."""
+    img_h, img_w = array.shape[axis : axis + 2]
     if height > img_h or width > img_w:
-        pad_top, pad_left = max(height - img_h, 0) // 2, max(width - img_w, 0) // 2
-        pad_bottom, pad_right = (max(height - img_h, 0) + 1) // 2, (max(width - img_w, 0) + 1) // 2
-        array = np.pad(array, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
-        img_h, img_w = array.shape[:2]
+        pad = [(0, 0)] * array.ndim
+        pad[axis] = (max(height - img_h, 0) // 2, (max(height - img_h, 0) + 1) // 2)
+        pad[axis + 1] = (max(width - img_w, 0) // 2, (max(width - img_w, 0) + 1) // 2)
+        array = np.pad(array, pad)
+        img_h, img_w = array.shape[axis : axis + 2]
     top, left = int(round((img_h - height) / 2.0)), int(round((img_w - width) / 2.0))
-    return array[top : top + height, left : left + width]
+    index = [slice(None)] * array.ndim
+    index[axis], index[axis + 1] = slice(top, top + height), slice(left, left + width)
+    return array[tuple(index)]
+
+
+# ------------------------------------------------------------------------------------------ folders of images
+def _known_extensions() -> frozenset[str]:
+    # Every extension Pillow knows, so that an .ico or .pcx in a folder is reported as a format outside the
+    # allowlist rather than silently skipped; README.txt, labels.csv and the like are not images and skipped.
+    Image.init()
+    return IMAGE_EXTENSIONS | frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files under a folder, recursively, sorted; hidden entries and non-image extensions skipped."""
+    folder, extensions = Path(folder), _known_extensions()
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in extensions
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
+    """A class-per-folder tree: (sorted class names, [(image path, class index)]). Used by training data,
+    evaluation, int8 calibration and split-data alike.
+
+    Raises:
+        UserError: no such folder, no class sub-folders, or a class folder without images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"no such data folder: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root} has no class sub-folders")
+    samples = []
+    for label, name in enumerate(classes):
+        files = image_files(root / name)
+        if not files:
+            raise UserError(f"class folder {root / name} holds no images")
+        samples += [(str(p), label) for p in files]
+    return classes, samples

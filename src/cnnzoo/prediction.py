@@ -14,10 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from cnnzoo.errors import UserError
-from cnnzoo.images import IMAGE_EXTENSIONS, ImageError, open_image
+from cnnzoo.images import ImageError, image_files, open_image
 from cnnzoo.runtime import Runtime, open_runtime
 
 __all__ = ["Prediction", "predict", "expand_sources"]
@@ -48,15 +46,8 @@ class Prediction:
         return f"{self.path}: " + ", ".join(f"{name} ({prob:.1%})" for name, prob in self.topk)
 
 
-def _folder_extensions() -> frozenset[str]:
-    # Inside a folder: every extension Pillow knows, so that an .ico or .pcx there is reported as a format outside
-    # the allowlist rather than silently skipped; README.txt, labels.csv and the like are not images and skipped.
-    Image.init()
-    return IMAGE_EXTENSIONS | frozenset(ext.lower() for ext in Image.registered_extensions())
-
-
 def expand_sources(sources: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Image files named directly, plus the image files under each named folder (recursively, sorted).
+    """Image files named directly, plus the image files under each named folder (cnnzoo.images.image_files).
 
     A file named directly is always kept, whatever its extension (so that a text file named .jpg is reported,
     not skipped); in folders, hidden entries and files whose extension is no image format's are skipped.
@@ -66,18 +57,11 @@ def expand_sources(sources: str | Path | Iterable[str | Path]) -> list[Path]:
     """
     if isinstance(sources, (str, Path)):
         sources = [sources]
-    extensions = _folder_extensions()
     paths: list[Path] = []
     for source in sources:
         source = Path(source)
         if source.is_dir():
-            found = sorted(
-                p
-                for p in source.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in extensions
-                and not any(part.startswith(".") for part in p.relative_to(source).parts)
-            )
+            found = image_files(source)
             if not found:
                 raise UserError(f"{source}: no image files in this folder")
             paths.extend(found)

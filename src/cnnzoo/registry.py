@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cnnzoo.errors import UserError
+from cnnzoo.errors import InputSizeError, UserError
 
-__all__ = ["Paper", "ModelInfo", "register_model", "list_models", "create_model", "model_info", "UnknownModelError"]
+__all__ = ["Paper", "ModelInfo", "register_model", "list_models", "create_model", "model_info", "UnknownModelError",
+           "check_input_size"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,22 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     # How it was built, so that fit can write a checkpoint that rebuilds it (nanoGPT's model_args).
     model.cnnzoo_spec = {"model_name": name, "model_kwargs": kwargs}
     return model
+
+
+def check_input_size(name: str, input_size: tuple[int, int, int], *, train: bool = False, **kwargs) -> None:
+    """Refuse, with one line, an input (C, H, W) the network cannot take: found on the meta device, so it costs no
+    weights and no arithmetic, before any run folder or export file is made. ``train`` also checks training mode
+    (auxiliary heads can need a larger input)."""
+    import torch
+
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    x = torch.zeros(2, *input_size, device="meta")
+    for mode in (False, True) if train else (False,):
+        try:
+            model.train(mode)(x)
+        except (RuntimeError, ValueError, IndexError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            size = "x".join(map(str, input_size))
+            raise InputSizeError(f"{name} cannot take a {size} input{' in training' if mode else ''}: {reason}") \
+                from None

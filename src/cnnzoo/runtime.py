@@ -5,9 +5,10 @@
     open_runtime("model.onnx", "onnxruntime")   -> OnnxRuntime
     open_runtime("model.xml")                   -> OpenVINORuntime  (OpenVINO IR)
 
-An exported file carries the model's metadata (model name, classes, input size, normalisation, eval resize) as a
-JSON string under META_KEY: in the ONNX model's metadata_props, or in the OpenVINO IR's rt_info. So the file
-alone is enough to predict. "auto" picks the fastest runtime available on CPU: ONNX Runtime, then OpenVINO for
+An exported file carries the model card (cnnzoo.artifact.ModelCard: model name, classes, the input contract) as a
+JSON string under META_KEY: in the ONNX model's metadata_props, in the OpenVINO IR's rt_info, or in a TorchScript
+archive's extra file. So the file alone is enough to predict, and every runtime preprocesses an image with the
+same cnnzoo.images.preprocess under the same InputSpec as training-time validation did. "auto" picks the fastest runtime available on CPU: ONNX Runtime, then OpenVINO for
 .onnx files. benchmarks/inference.py decides the order: in f32 ONNX Runtime was the fastest or within 3% of
 OpenVINO on every row (lenet5, resnet18, mobilenet_v2, efficientnet_b0 at batch 1 and 16), and OpenVINO was up
 to 2x slower on the smallest networks, where its per-call overhead dominates.
@@ -32,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cnnzoo.artifact import ModelCard
+from cnnzoo.choices import BACKENDS
 from cnnzoo.errors import UserError
 from cnnzoo.images import preprocess
 
@@ -43,14 +46,14 @@ __all__ = [
     "OnnxRuntime",
     "OpenVINORuntime",
     "open_runtime",
+    "onnx_session",
     "softmax",
+    "top_classes",
     "default_threads",
     "PRECISIONS",
 ]
 
 META_KEY = "cnnzoo"
-BACKENDS = ("torch", "onnxruntime", "openvino")
-META_FIELDS = ("model_name", "classes", "input_size", "mean", "std", "resize_size")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # OpenVINO execution precision: "f32" (default, matches PyTorch within 1e-4) or "auto" (OpenVINO's own choice:
 # bf16 on CPUs with AMX/AVX512-BF16, about twice as fast there, logits within ~1e-2).
@@ -84,6 +87,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def top_classes(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """The k most probable (class name, probability) of each row, most probable first (ties: lower index)."""
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(classes[i], float(row[i])) for i in idx] for row, idx in zip(probs, order)]
+
+
 def _import(backend: str):
     try:
         return importlib.import_module(_PACKAGES[backend])
@@ -91,58 +101,33 @@ def _import(backend: str):
         raise UserError(f"the {backend} backend is not installed (pip install {_PACKAGES[backend]})") from None
 
 
-def _check_meta(meta: object, source: str) -> dict:
-    """Validate the metadata dict and normalise its types."""
-    if not isinstance(meta, dict):
-        raise UserError(f"{source}: the {META_KEY!r} metadata is not a JSON object")
-    missing = [k for k in META_FIELDS if k not in meta]
-    if missing:
-        raise UserError(f"{source}: the {META_KEY!r} metadata lacks {', '.join(missing)}")
-    try:
-        meta = {
-            "model_name": str(meta["model_name"]),
-            "classes": [str(c) for c in meta["classes"]],
-            "input_size": tuple(int(v) for v in meta["input_size"]),
-            "mean": tuple(float(v) for v in meta["mean"]),
-            "std": tuple(float(v) for v in meta["std"]),
-            "resize_size": int(meta["resize_size"]),
-        }
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: malformed {META_KEY!r} metadata") from None
-    chans = meta["input_size"][0] if len(meta["input_size"]) == 3 else 0
-    if chans < 1 or len(meta["mean"]) != chans or len(meta["std"]) != chans or not meta["classes"]:
-        raise UserError(f"{source}: inconsistent {META_KEY!r} metadata (input size, mean, std, classes)")
-    return meta
-
-
-def _parse_meta(text: str | None, source: str) -> dict:
-    if text is None:
-        raise UserError(
-            f"{source} has no cnnzoo metadata ({META_KEY!r} key); export it with `cnnzoo export CKPT`, "
-            "which embeds the class names and preprocessing"
-        )
-    try:
-        return _check_meta(json.loads(text), source)
-    except json.JSONDecodeError:
-        raise UserError(f"{source}: the {META_KEY!r} metadata is not valid JSON") from None
+def onnx_session(model: str | Path | bytes, threads: int | None = None):
+    """The one ONNX Runtime session factory (CPU provider): export checks, int8 calibration, the runtime."""
+    ort = _import("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1  # one sequential graph: inter-op threads would only compete
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class Runtime(ABC):
     """A loaded model on one backend, with the preprocessing and class names it was trained with.
 
-    Attributes: backend, model_name, classes, input_size (C, H, W), mean, std, resize_size, path.
+    Attributes: backend, card (cnnzoo.artifact.ModelCard), model_name, classes, input_size (C, H, W), spec, path.
     """
 
     backend = ""
 
-    def __init__(self, path: str | Path, meta: dict):
+    def __init__(self, path: str | Path, card: ModelCard):
         self.path = str(path)
-        self.model_name: str = meta["model_name"]
-        self.classes: list[str] = meta["classes"]
-        self.input_size: tuple[int, int, int] = meta["input_size"]
-        self.mean: tuple[float, ...] = meta["mean"]
-        self.std: tuple[float, ...] = meta["std"]
-        self.resize_size: int = meta["resize_size"]
+        self.card = card
+        self.model_name: str = card.model_name
+        self.classes: list[str] = list(card.classes)
+        self.spec = card.input
+        self.input_size: tuple[int, int, int] = card.input.size
         self.fixed_batch: int | None = None  # set by exports with a static batch axis: inputs go in chunks of it
 
     def __repr__(self) -> str:
@@ -159,7 +144,7 @@ class Runtime(ABC):
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The model's evaluation preprocessing of one image: float32 C x H x W."""
-        return preprocess(image, self.input_size, self.mean, self.std, self.resize_size)
+        return preprocess(image, self.spec)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw scores, N x K float32, for a preprocessed N x C x H x W batch."""
@@ -186,9 +171,7 @@ class Runtime(ABC):
         if not images:
             return []
         probs = softmax(self.logits(np.stack([self.preprocess(image) for image in images])))
-        k = min(topk, probs.shape[1])
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [[(self.classes[i], float(row[i])) for i in idx] for row, idx in zip(probs, order)]
+        return top_classes(probs, self.classes, topk)
 
 
 class TorchRuntime(Runtime):
@@ -208,16 +191,16 @@ class TorchRuntime(Runtime):
             except RuntimeError as err:
                 reason = str(err).strip().splitlines()[0][:200]
                 raise UserError(f"{path}: not a loadable TorchScript file ({reason})") from None
-            meta = _parse_meta(extra[f"{META_KEY}.json"] or None, str(path))
+            card = ModelCard.from_json(extra[f"{META_KEY}.json"] or None, str(path))
             self.channels_last = False
         else:
             from cnnzoo.checkpoint import build_model, load_checkpoint
 
             ckpt = load_checkpoint(path)
-            meta = _check_meta({k: ckpt[k] for k in META_FIELDS}, str(path))
+            card = ckpt.card
             self.model = build_model(ckpt)
             self.channels_last = bool(getattr(self.model, "channels_last", False))
-        super().__init__(path, meta)
+        super().__init__(path, card)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -246,18 +229,14 @@ class OnnxRuntime(Runtime):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        ort = _import("onnxruntime")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1  # one sequential graph: inter-op threads would only compete
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(path, threads)
+        except UserError:
+            raise
         except Exception as err:  # InvalidProtobuf, Fail, ...: all mean the file is not a usable ONNX model
             raise UserError(f"{path}: not a loadable ONNX model ({str(err).strip().splitlines()[0][:200]})") from None
-        meta = _parse_meta(self.session.get_modelmeta().custom_metadata_map.get(META_KEY), str(path))
-        super().__init__(path, meta)
+        card = ModelCard.from_json(self.session.get_modelmeta().custom_metadata_map.get(META_KEY), str(path))
+        super().__init__(path, card)
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         _check_input_shape(inp.shape, self.input_size, str(path))
@@ -293,7 +272,7 @@ class OpenVINORuntime(Runtime):
         except RuntimeError as err:
             kind = "OpenVINO IR" if str(path).endswith(".xml") else "ONNX model"
             raise UserError(f"{path}: not a loadable {kind} ({str(err).strip().splitlines()[0][:200]})") from None
-        super().__init__(path, _parse_meta(_ov_meta(model), str(path)))
+        super().__init__(path, ModelCard.from_json(_ov_meta(model), str(path)))
         shape = model.inputs[0].get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
         _check_input_shape(dims, self.input_size, str(path))

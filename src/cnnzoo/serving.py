@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 
 from cnnzoo.errors import UserError
 from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, UnsupportedFormat, open_image, preprocess
-from cnnzoo.runtime import softmax
+from cnnzoo.runtime import softmax, top_classes
 
 __all__ = ["Limits", "create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
 
@@ -182,8 +182,8 @@ class _Batcher:
 
 
 def _topk(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"class": classes[i], "index": int(i), "probability": float(probs[i])} for i in order]
+    index = {name: i for i, name in enumerate(classes)}
+    return [{"class": name, "index": index[name], "probability": p} for name, p in top_classes(probs[None], classes, k)[0]]
 
 
 class _Service:
@@ -244,7 +244,7 @@ class _Service:
         if not data:
             raise ImageError(f"{name}: empty upload")
         image = open_image(data, channels=int(rt.input_size[0]), max_pixels=self.limits.max_pixels, name=name)
-        return preprocess(image, rt.input_size, rt.mean, rt.std, rt.resize_size)
+        return preprocess(image, rt.spec)
 
     async def predict(self, uploads: list[tuple[str, bytes]], k: int) -> list[list[dict]]:
         loop = asyncio.get_running_loop()
@@ -439,8 +439,8 @@ def create_app(
         require_ready()
         rt = service.runtime
         return {"name": rt.model_name, "backend": rt.backend, "classes": list(rt.classes),
-                "num_classes": len(rt.classes), "input_size": list(rt.input_size), "mean": list(rt.mean),
-                "std": list(rt.std), "resize_size": rt.resize_size, "max_batch": max_batch,
+                "num_classes": len(rt.classes), "input_size": list(rt.input_size), "input": rt.spec.to_dict(),
+                "max_batch": max_batch,
                 "explain": service.explainer is not None, "limits": asdict(limits),
                 "batches": service.batcher.batches, "images": service.batcher.images}
 

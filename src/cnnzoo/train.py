@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +30,16 @@ import torch
 from torch import nn
 
 from cnnzoo import distributed as ddp
-from cnnzoo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_class_indices
-from cnnzoo.data import Data, load_data
+from cnnzoo.artifact import ModelCard
+from cnnzoo.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, write_class_indices
+from cnnzoo.data import Data
 from cnnzoo.errors import UserError
-from cnnzoo.registry import create_model, model_info
+from cnnzoo.evaluation import run_eval
+from cnnzoo.registry import check_input_size, create_model, model_info
 
 __all__ = ["TrainConfig", "History", "OPTIMIZERS", "SCHEDULES", "FAMILY_DEFAULTS", "NonFiniteLossError",
-           "build_for_data", "resolve_defaults", "train_one_epoch", "evaluate", "fit", "find_resumable",
-           "load_for_checkpoint", "resume_plan"]
+           "StopRequest", "build_for_data", "resolve_defaults", "train_one_epoch", "fit", "find_resumable",
+           "resume_plan"]
 
 
 @dataclass
@@ -217,39 +220,43 @@ class _Step:
     aux_weight: float
     channels_last: bool
     env: ddp.DistEnv
-    stop: _StopFlag
+    stop: StopRequest
     max_steps: int | None
     freeze_norms: bool
     progress: bool
 
 
-class _StopFlag:
-    """Set by SIGTERM / SIGINT: the running step finishes, then a resumable checkpoint is written."""
+class StopRequest:
+    """Asks a running fit to stop after the current step and write a resumable checkpoint.
+
+    fit never touches signals itself (it is a library call); the command line enters ``StopRequest.on_signals()``
+    so that SIGTERM and Ctrl-C stop the run resumably (a second Ctrl-C interrupts at once)."""
 
     def __init__(self):
         self.requested = False
         self._previous: dict = {}
 
-    def __enter__(self):
-        if _in_main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    def request(self) -> None:
+        self.requested = True
+
+    @classmethod
+    @contextlib.contextmanager
+    def on_signals(cls):
+        stop = cls()
+        if threading.current_thread() is not threading.main_thread():
+            yield stop  # signal handlers can only be installed from the main thread
+            return
+        previous = {sig: signal.signal(sig, stop._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield stop
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
         self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _set_train(model: nn.Module, freeze_norms: bool) -> None:
@@ -313,44 +320,6 @@ def _progress(total: int, start: int, epoch: int, show: bool):
                 dynamic_ncols=True)
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader, num_classes: int, *, env: ddp.DistEnv | None = None,
-             autocast: contextlib.AbstractContextManager | None = None, channels_last: bool = False,
-             collect: bool = False) -> dict:
-    """Loss, top-1 and top-5 (micro: correct / images), the confusion matrix (rows: true class) and, with
-    ``collect``, per-image (index, prediction, probability). Under DDP each rank evaluates a disjoint shard and
-    the sums are all-reduced, so the numbers equal the single-process ones exactly."""
-    env = env or ddp.DistEnv(device=next(model.parameters()).device)
-    model.eval()
-    k = min(5, num_classes)
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1, top-k, images
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
-    preds = []
-    for x, y, idx in loader:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast or contextlib.nullcontext():
-            logits = model(x)
-        logits = logits.float().cpu()
-        y = y.cpu()
-        top = logits.topk(k, 1).indices
-        sums += torch.tensor([nn.functional.cross_entropy(logits, y, reduction="sum").item(),
-                              (top[:, 0] == y).sum().item(), (top == y[:, None]).any(1).sum().item(), len(y)],
-                             dtype=torch.float64)
-        confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes * num_classes)
-        if collect:
-            prob = logits.softmax(1).max(1).values
-            preds += list(zip(idx.tolist(), top[:, 0].tolist(), prob.tolist()))
-    ddp.all_reduce_sum(sums, env)
-    ddp.all_reduce_sum(confusion, env)
-    n = max(sums[3].item(), 1)
-    result = dict(loss=sums[0].item() / n, top1=sums[1].item() / n, top5=sums[2].item() / n, images=int(sums[3]),
-                  confusion=confusion.view(num_classes, num_classes))
-    if collect:
-        result["predictions"] = preds
-    return result
-
-
 # ------------------------------------------------------------------------------------------- optimizer
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """Trainable parameters only; the classifier at lr, the rest at lr_backbone (or lr); no decay on biases
@@ -410,7 +379,7 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def find_resumable(path: str | Path) -> tuple[dict, Path]:
+def find_resumable(path: str | Path) -> tuple[Checkpoint, Path]:
     """The newest loadable resumable checkpoint of a run folder (last.pt, then the kept previous versions)."""
     path = Path(path)
     candidates = [path] if path.is_file() else [path / "last.pt", *sorted(path.glob("last-*.pt"), reverse=True)]
@@ -426,7 +395,7 @@ def find_resumable(path: str | Path) -> tuple[dict, Path]:
             errors.append(str(err))
             print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
             continue
-        if "train_state" not in ckpt:
+        if ckpt.train_state is None:
             errors.append(f"{candidate} is not resumable (no train_state)")
             continue
         return ckpt, candidate
@@ -466,15 +435,7 @@ def _pick_run_dir(config: TrainConfig, model_name: str, data: Data) -> Path:
     return out
 
 
-def _payload(model: nn.Module, data: Data, config: TrainConfig, spec: dict, **fields) -> dict:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return dict(model_name=spec["model_name"], model_kwargs=spec["model_kwargs"], state_dict=state,
-                classes=list(data.classes), input_size=list(data.input_size), mean=list(data.mean),
-                std=list(data.std), resize_size=data.resize_size, appended_fc=spec.get("appended_fc"),
-                config=dict(dataclasses.asdict(config), data=data.options), **fields)
-
-
-def _save_last(run_dir: Path, payload: dict, keep_last: int) -> None:
+def _save_last(run_dir: Path, card: ModelCard, state: dict, record: dict, keep_last: int) -> None:
     """last.pt atomically; the previous last.pt stays as last-<epoch>-<step>.pt (hard link: no copy)."""
     last = run_dir / "last.pt"
     if last.exists() and keep_last > 0:
@@ -485,7 +446,7 @@ def _save_last(run_dir: Path, payload: dict, keep_last: int) -> None:
             os.link(last, kept)
         except Exception:  # a corrupt last.pt is not worth keeping; the filesystem may lack hard links
             pass
-    save_checkpoint(last, payload)
+    save_checkpoint(last, card, state, **record)
     for stale in sorted(run_dir.glob("last-*.pt"), reverse=True)[keep_last:]:
         stale.unlink(missing_ok=True)
 
@@ -522,27 +483,33 @@ def _line(row: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- fit
-def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None) -> History:
+def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None, stop: StopRequest | None = None
+        ) -> History:
     """Train ``model`` (a registered name, or a network from build_for_data / create_model) on ``data``.
 
     Writes the run folder (config.json, metrics.jsonl, curves.png, class_indices.json, last.pt, best.pt) on
     rank 0 and returns the History. Under torchrun every process calls fit; a restarted worker group resumes
-    from last.pt by itself.
+    from last.pt by itself. ``stop`` (see StopRequest.on_signals) lets the caller end the run resumably; fit
+    itself installs no signal handler.
     """
     config = config or TrainConfig()
     if isinstance(model, str):
         model = build_for_data(model, data, small_input=config.small_input, seed=config.seed)
-    spec = getattr(model, "cnnzoo_spec", None)
-    if spec is None:
+    built = getattr(model, "cnnzoo_spec", None)
+    if built is None:
         raise UserError("fit needs a registered model name or a model built by cnnzoo.create_model")
-    spec = dict(spec, appended_fc=spec.get("appended_fc"))
-    if getattr(model, "appended_fc", None) is None:  # reset_classifier may have changed the class count
-        spec["model_kwargs"] = dict(spec["model_kwargs"], num_classes=model.num_classes)
-    config = resolve_defaults(config, spec["model_name"])
+    kwargs = dict(built["model_kwargs"])
+    appended = model.appended_classes
+    if appended is None:  # reset_classifier may have changed the class count
+        kwargs["num_classes"] = model.num_classes
+    card = ModelCard(built["model_name"], kwargs, tuple(data.classes), data.spec, appended, {"data": data.options})
+    config = resolve_defaults(config, card.model_name)
+    # Before any run folder exists: an input the network cannot take is one line, not a traceback mid-epoch.
+    check_input_size(card.model_name, card.input.size, train=True, **card.model_kwargs)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     env = ddp.setup(config.device)
     try:
-        history = _fit(model, data, config, env, dict(spec))
+        history = _fit(model, data, config, env, card, stop or StopRequest())
         history.is_main = env.is_main
         if owns_group:
             ddp.barrier(env)  # every rank leaves together, after rank 0 has written the last files
@@ -552,108 +519,131 @@ def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None) -
             ddp.teardown()
 
 
-def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, spec: dict) -> History:
-    run_dir = _run_dir(config, spec["model_name"], data, env)
+@dataclass
+class _Run:
+    """What the steps of one training run share, built once by _fit."""
+
+    model: nn.Module  # the bare network (checkpoints are written from it)
+    net: nn.Module  # what is trained: the model, or its DistributedDataParallel wrapper
+    data: Data
+    config: TrainConfig
+    env: ddp.DistEnv
+    card: ModelCard
+    run_dir: Path
+    history: History
+    train_loader: object
+    val_loader: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: _Step
+    position: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "stats": None})
+    global_step: int = 0
+    elapsed: float = 0.0
+
+
+def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, card: ModelCard,
+         stop: StopRequest) -> History:
+    run_dir = _run_dir(config, card.model_name, data, env)
     if not config.resume and ddp.restart_count() > 0 and (run_dir / "last.pt").exists():
         config = dataclasses.replace(config, resume=str(run_dir))  # torchrun restarted us: continue, not restart
     _seed_everything(config.seed, config.deterministic)
     ckpt, history = None, History(run_dir=run_dir)
     if config.resume:
-        ckpt = _open_resume(config, data, spec, history, env)
-    elif config.init:
-        model, spec = _init_transfer(model, data, config, spec, env)
-    if ckpt is not None:
+        ckpt = _open_resume(config, data, card, history, env)
+        card = ckpt.card
         _restore_shape(model, ckpt, config)
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(ckpt.state_dict)
+    elif config.init:
+        model, card = _init_transfer(model, data, config, card, env)
     channels_last = model.channels_last if config.channels_last is None else config.channels_last
     model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    train_loader = data.loader("train", config.batch_size, train=True, seed=config.seed, device=env.device,
-                               rank=env.rank, world=env.world, workers=config.workers)
-    val_loader = data.loader("val", config.eval_batch_size, train=False, device=env.device, rank=env.rank,
-                             world=env.world, workers=config.workers)
+    loader_args = dict(spec=card.input, device=env.device, rank=env.rank, world=env.world, workers=config.workers)
+    train_loader = data.loader("train", config.batch_size, train=True, seed=config.seed, **loader_args)
+    val_loader = data.loader("val", config.eval_batch_size, train=False, **loader_args)
     optimizer = OPTIMIZERS[config.opt](_param_groups(model, config), config)
-    scheduler = _schedule(optimizer, config, len(train_loader))
-    step = _make_step(config, env, channels_last)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    ddp.print0(f"{spec['model_name']} on {data.name}: {len(data.train)} train / {len(data.val)} val images, "
-               f"{trainable:,} trainable parameters, {config.opt} lr {config.lr:g}, {config.sched}, "
-               f"{config.epochs} epochs of {len(train_loader)} steps, batch {config.batch_size} x {env.world}, "
-               f"{env.device}" + (", amp" if config.amp else ""), env=env)
-    position, global_step, elapsed = {"epoch": 0, "batch": 0, "stats": None}, 0, 0.0
+    run = _Run(model, model, data, config, env, card, run_dir, history, train_loader, val_loader, optimizer,
+               _schedule(optimizer, config, len(train_loader)), _make_step(config, env, channels_last, stop))
+    _print_header(run)
     if ckpt is not None:
-        position, global_step, elapsed = _restore_train_state(ckpt, optimizer, scheduler, step, history, env)
+        _restore_train_state(run, ckpt)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dict(dataclasses.asdict(config), model=spec["model_name"],
-                                                             data=data.options), indent=1, default=str) + "\n")
+        (run_dir / "config.json").write_text(json.dumps(_record_config(run), indent=1, default=str) + "\n")
         write_class_indices(run_dir, data.classes)
-    net = ddp.wrap(model, env, config.sync_bn)
+    run.net = ddp.wrap(model, env, config.sync_bn)
     ddp.print0(_line({c: c for c in COLUMNS}), env=env)
     try:
-        _loop(net, model, data, config, env, spec, run_dir, history, train_loader, val_loader, optimizer,
-              scheduler, step, position, global_step, elapsed)
+        _loop(run)
     finally:
         if env.is_main and history.epochs:
             _write_curves(run_dir, history.epochs)  # once at the end: matplotlib costs a second per figure
     return history
 
 
-def _open_resume(config: TrainConfig, data: Data, spec: dict, history: History, env: ddp.DistEnv) -> dict:
+def _print_header(run: _Run) -> None:
+    c, data, env = run.config, run.data, run.env
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    ddp.print0(f"{run.card.model_name} on {data.name}: {len(data.train)} train / {len(data.val)} val images at "
+               f"{run.card.input.describe()}, {trainable:,} trainable parameters, {c.opt} lr {c.lr:g}, {c.sched}, "
+               f"{c.epochs} epochs of {len(run.train_loader)} steps, batch {c.batch_size} x {env.world}, "
+               f"{env.device}" + (", amp" if c.amp else ""), env=env)
+
+
+def _record_config(run: _Run) -> dict:
+    return dict(dataclasses.asdict(run.config), model=run.card.model_name, data=run.data.options)
+
+
+def _open_resume(config: TrainConfig, data: Data, card: ModelCard, history: History, env: ddp.DistEnv) -> Checkpoint:
     """The checkpoint to continue from, checked against the model and the data (classes, architecture)."""
     ckpt, history.resumed_from = find_resumable(config.resume)
-    data.check_classes(ckpt["classes"])
-    if ckpt["model_name"] != spec["model_name"]:
-        raise UserError(f"{history.resumed_from} is a {ckpt['model_name']} checkpoint, not {spec['model_name']}")
-    spec.update(model_kwargs=ckpt["model_kwargs"], appended_fc=ckpt.get("appended_fc"))
-    where = ckpt["train_state"]["position"]
+    data.check_classes(list(ckpt.card.classes))
+    if ckpt.card.model_name != card.model_name:
+        raise UserError(f"{history.resumed_from} is a {ckpt.card.model_name} checkpoint, not {card.model_name}")
+    where = ckpt.train_state["position"]
     ddp.print0(f"resuming from {history.resumed_from} (epoch {where['epoch'] + 1}, batch {where['batch']})", env=env)
     return ckpt
 
 
-def _restore_train_state(ckpt: dict, optimizer, scheduler, step: _Step, history: History, env: ddp.DistEnv):
-    ts = ckpt["train_state"]
-    optimizer.load_state_dict(ts["optimizer"])
-    scheduler.load_state_dict(ts["scheduler"])
-    step.scaler.load_state_dict(ts["scaler"])
-    history.epochs, history.best_metric = list(ts["history"]), ckpt["best_metric"]
-    position = dict(ts["position"])
-    if not env.is_main and position["stats"]:
-        position["stats"] = _zero_stats()  # the file holds all ranks' sums; rank 0 carries them
+def _restore_train_state(run: _Run, ckpt: Checkpoint) -> None:
+    ts = ckpt.train_state
+    run.optimizer.load_state_dict(ts["optimizer"])
+    run.scheduler.load_state_dict(ts["scheduler"])
+    run.step.scaler.load_state_dict(ts["scaler"])
+    run.history.epochs, run.history.best_metric = list(ts["history"]), ckpt.record["best_metric"]
+    run.position = dict(ts["position"])
+    if not run.env.is_main and run.position["stats"]:
+        run.position["stats"] = _zero_stats()  # the file holds all ranks' sums; rank 0 carries them
+    run.global_step, run.elapsed = ckpt.record["step"], ts["elapsed"]
     _set_rng_state(ts["rng"])  # last: building the model and loaders drew from the generators
-    return position, ckpt["step"], ts["elapsed"]
 
 
-def _loop(net, model, data, config, env, spec, run_dir, history, train_loader, val_loader, optimizer, scheduler,
-          step, position, global_step, elapsed) -> None:
-    with step.stop:
-        for epoch in range(position["epoch"], config.epochs):
-            stats = position["stats"] if epoch == position["epoch"] else None
-            start = position["batch"] if epoch == position["epoch"] else 0
-            r = train_one_epoch(net, train_loader, optimizer, scheduler, step, epoch=epoch, start=start,
-                                global_step=global_step, stats=stats)
-            global_step, elapsed = r["global_step"], elapsed + r["seconds"]
-            if r["stopped"] and r["next_batch"] < len(train_loader):
-                # Mid-epoch: record where we are, with the running sums of all ranks (rank 0 resumes with them).
-                mid = dict(epoch=epoch, batch=r["next_batch"], stats=_reduce_stats(r["stats"], env))
-                _checkpoint(run_dir, model, data, config, spec, optimizer, scheduler, step, history, mid,
-                            global_step, elapsed, env)
-                history.interrupted = True
+def _loop(run: _Run) -> None:
+    history, env, step = run.history, run.env, run.step
+    for epoch in range(run.position["epoch"], run.config.epochs):
+        stats = run.position["stats"] if epoch == run.position["epoch"] else None
+        start = run.position["batch"] if epoch == run.position["epoch"] else 0
+        r = train_one_epoch(run.net, run.train_loader, run.optimizer, run.scheduler, step, epoch=epoch, start=start,
+                            global_step=run.global_step, stats=stats)
+        run.global_step, run.elapsed = r["global_step"], run.elapsed + r["seconds"]
+        if r["stopped"] and r["next_batch"] < len(run.train_loader):
+            # Mid-epoch: record where we are, with the running sums of all ranks (rank 0 resumes with them).
+            _checkpoint(run, dict(epoch=epoch, batch=r["next_batch"], stats=_reduce_stats(r["stats"], env)))
+            history.interrupted = True
+            history.stop_reason = "signal" if step.stop.requested else "max_steps"
+            ddp.print0(f"stopped at epoch {epoch + 1}, batch {r['next_batch']}; resume with "
+                       f"cnnzoo train --resume {run.run_dir}", env=env)
+            return
+        row = _epoch_end(run, epoch, r)
+        history.epochs.append(row)
+        improved = row["val_top1"] > history.best_metric
+        history.best_metric = max(history.best_metric, row["val_top1"])
+        _checkpoint(run, dict(epoch=epoch + 1, batch=0, stats=None), best=improved)
+        ddp.print0(_line(row), env=env)
+        if r["stopped"]:
+            history.interrupted = epoch + 1 < run.config.epochs
+            if history.interrupted:
                 history.stop_reason = "signal" if step.stop.requested else "max_steps"
-                ddp.print0(f"stopped at epoch {epoch + 1}, batch {r['next_batch']}; resume with "
-                           f"cnnzoo train --resume {run_dir}", env=env)
-                return
-            row = _epoch_end(epoch, r, model, val_loader, data, optimizer, elapsed, step, env)
-            history.epochs.append(row)
-            improved = row["val_top1"] > history.best_metric
-            history.best_metric = max(history.best_metric, row["val_top1"])
-            _checkpoint(run_dir, model, data, config, spec, optimizer, scheduler, step, history,
-                        dict(epoch=epoch + 1, batch=0, stats=None), global_step, elapsed, env, best=improved)
-            ddp.print0(_line(row), env=env)
-            if r["stopped"]:
-                history.interrupted = epoch + 1 < config.epochs
-                if history.interrupted:
-                    history.stop_reason = "signal" if step.stop.requested else "max_steps"
-                break
+            break
 
 
 def _zero_stats() -> dict:
@@ -665,94 +655,82 @@ def _reduce_stats(stats: dict, env: ddp.DistEnv) -> dict:
     return {"loss": t[0].item(), "correct": int(t[1]), "seen": int(t[2])} if env.distributed else dict(stats)
 
 
-def _make_step(config: TrainConfig, env: ddp.DistEnv, channels_last: bool) -> _Step:
+def _make_step(config: TrainConfig, env: ddp.DistEnv, channels_last: bool, stop: StopRequest) -> _Step:
     cuda = env.device.type == "cuda"
     dtype = getattr(torch, config.amp_dtype or ("float16" if cuda else "bfloat16"))
     autocast = torch.autocast(env.device.type, dtype=dtype) if config.amp else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(env.device.type, enabled=config.amp and cuda and dtype == torch.float16)
     return _Step(criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), autocast=autocast,
-                 scaler=scaler, aux_weight=config.aux_weight, channels_last=channels_last, env=env, stop=_StopFlag(),
+                 scaler=scaler, aux_weight=config.aux_weight, channels_last=channels_last, env=env, stop=stop,
                  max_steps=config.max_steps, freeze_norms=bool(config.init) or config.finetune != "all",
                  progress=sys.stderr.isatty() if config.progress is None else config.progress)
 
 
-def _epoch_end(epoch: int, r: dict, model, val_loader, data: Data, optimizer, elapsed: float, step: _Step,
-               env: ddp.DistEnv) -> dict:
-    sums = _reduce_stats(r["stats"], env)
-    val = evaluate(model, val_loader, data.num_classes, env=env, autocast=step.autocast,
-                   channels_last=step.channels_last)
+def _epoch_end(run: _Run, epoch: int, r: dict) -> dict:
+    sums = _reduce_stats(r["stats"], run.env)
+    val = run_eval(run.model, run.val_loader, run.data.num_classes, env=run.env, autocast=run.step.autocast,
+                   channels_last=run.step.channels_last)
     return dict(epoch=epoch + 1, step=r["global_step"], train_loss=sums["loss"] / max(sums["seen"], 1),
                 train_top1=sums["correct"] / max(sums["seen"], 1), val_loss=val["loss"], val_top1=val["top1"],
-                val_top5=val["top5"], lr=optimizer.param_groups[0]["lr"],
-                img_s=round(r["seen_now"] * env.world / max(r["seconds"], 1e-9), 1),
-                time=round(elapsed, 2))
+                val_top5=val["top5"], lr=run.optimizer.param_groups[0]["lr"],
+                img_s=round(r["seen_now"] * run.env.world / max(r["seconds"], 1e-9), 1),
+                time=round(run.elapsed, 2))
 
 
-def _checkpoint(run_dir, model, data, config, spec, optimizer, scheduler, step: _Step, history: History,
-                position: dict, global_step: int, elapsed: float, env: ddp.DistEnv, best: bool = False) -> None:
-    if not env.is_main:
+def _checkpoint(run: _Run, position: dict, best: bool = False) -> None:
+    if not run.env.is_main:
         return
-    metrics = history.last
-    common = dict(epoch=len(history.epochs), step=global_step, best_metric=history.best_metric, metrics=metrics)
-    train_state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                       scaler=step.scaler.state_dict(), rng=_rng_state(), position=position,
-                       history=history.epochs, elapsed=elapsed)
-    _save_last(run_dir, _payload(model, data, config, spec, train_state=train_state, **common), config.keep_last)
+    history = run.history
+    state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    record = dict(config=_record_config(run), epoch=len(history.epochs), step=run.global_step,
+                  best_metric=history.best_metric, metrics=history.last)
+    train_state = dict(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                       scaler=run.step.scaler.state_dict(), rng=_rng_state(), position=position,
+                       history=history.epochs, elapsed=run.elapsed)
+    _save_last(run.run_dir, run.card, state, dict(record, train_state=train_state), run.config.keep_last)
     if best:
-        save_checkpoint(run_dir / "best.pt", _payload(model, data, config, spec, **common))
-    with open(run_dir / "metrics.jsonl", "w") as f:  # rewritten from the history: exact after a resume too
+        save_checkpoint(run.run_dir / "best.pt", run.card, state, **record)
+    with open(run.run_dir / "metrics.jsonl", "w") as f:  # rewritten from the history: exact after a resume too
         f.writelines(json.dumps(row) + "\n" for row in history.epochs)
 
 
-def _restore_shape(model: nn.Module, ckpt: dict, config: TrainConfig) -> None:
+def _restore_shape(model: nn.Module, ckpt: Checkpoint, config: TrainConfig) -> None:
     """Give a resumed model the checkpoint's classifier (appended head) and trainable set (fine-tuning mode), so
     that weights and optimizer state load one to one."""
-    if ckpt.get("appended_fc") and getattr(model, "appended_fc", None) is None:
-        from cnnzoo.transfer import append_classifier
-
-        model.reset_classifier(ckpt["model_kwargs"]["num_classes"])
-        append_classifier(model, ckpt["appended_fc"])
+    card = ckpt.card
+    if card.appended_classes and model.appended_classes is None:
+        model.reset_classifier(card.model_kwargs["num_classes"])
+        model.append_classifier(card.appended_classes)
     if config.finetune != "all":
         from cnnzoo.transfer import apply_finetune
 
         apply_finetune(model, config.finetune)
 
 
-def _init_transfer(model: nn.Module, data: Data, config: TrainConfig, spec: dict, env: ddp.DistEnv):
+def _init_transfer(model: nn.Module, data: Data, config: TrainConfig, card: ModelCard, env: ddp.DistEnv):
     """--init / --finetune / --new-fc through cnnzoo.transfer (docs/interfaces.md)."""
     from cnnzoo.transfer import apply_finetune, load_pretrained
 
     report = load_pretrained(model, config.init, num_classes=None if config.new_fc else data.num_classes)
     ddp.print0(str(report), env=env)
     model = apply_finetune(model, config.finetune, new_fc_classes=data.num_classes if config.new_fc else None)
-    if getattr(model, "appended_fc", None):
-        # The checkpoint rebuilds create_model(num_classes=old head's classes) + append_classifier(appended_fc).
+    if model.appended_classes:
+        # The card rebuilds create_model(num_classes=old head's classes) + append_classifier(appended_classes).
         old = model.get_submodule(model.classifier_path.rpartition(".")[0])[0]
         old_classes = old.out_features if isinstance(old, nn.Linear) else old.out_channels
-        spec["model_kwargs"] = dict(spec["model_kwargs"], num_classes=old_classes)
-        spec["appended_fc"] = model.appended_fc
+        card = dataclasses.replace(card, model_kwargs=dict(card.model_kwargs, num_classes=old_classes),
+                                   appended_classes=model.appended_classes)
     if model.num_classes != data.num_classes:
         raise UserError(f"the model predicts {model.num_classes} classes, {data.name} has {data.num_classes}")
-    return model, spec
+    return model, card
 
 
 def resume_plan(path: str | Path) -> tuple[str, dict, dict, TrainConfig]:
     """What a run folder records: (model name, model kwargs, load_data options, TrainConfig with resume set)."""
     ckpt, _ = find_resumable(path)
-    recorded = dict(ckpt["config"])
+    recorded = dict(ckpt.record.get("config") or {})
     data_options = dict(recorded.pop("data", None) or {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in recorded.items() if k in names})
-    return ckpt["model_name"], dict(ckpt["model_kwargs"]), data_options, dataclasses.replace(config, resume=str(path))
-
-
-def load_for_checkpoint(ckpt: dict, **overrides) -> Data:
-    """The dataset a checkpoint was trained on (its recorded load_data options, with overrides)."""
-    options = dict(ckpt.get("config", {}).get("data") or {})
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    name = options.pop("name", None)
-    if name is None:
-        raise UserError("the checkpoint does not record its dataset; pass --data")
-    options.pop("input_size", None)
-    return load_data(name, input_size=tuple(ckpt["input_size"]), default_input_size=tuple(ckpt["input_size"]),
-                     **options)
+    return ckpt.card.model_name, dict(ckpt.card.model_kwargs), data_options, dataclasses.replace(config,
+                                                                                                  resume=str(path))

@@ -32,7 +32,7 @@ from cnnzoo.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from cnnzoo.errors import UserError
 from cnnzoo.models.base import ZooModel
 
-__all__ = ["LoadReport", "load_pretrained", "apply_finetune", "append_classifier", "freeze_norm_stats"]
+__all__ = ["LoadReport", "load_pretrained", "apply_finetune", "freeze_norm_stats"]
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # dicts that training scripts wrap weights in
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -184,14 +184,15 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
     theirs, kind, payload = _read_tensors(path)
     theirs, stripped = _strip_prefixes(theirs)
     report = LoadReport(str(path), kind, 0, stripped_prefix=stripped)
-    appended = payload.get("appended_fc")
-    if appended is not None and getattr(model, "appended_fc", None) is None:
+    # A cnnzoo checkpoint's card (version 2), or the flat appended_fc of version 1.
+    appended = (payload.get("card") or {}).get("appended_classes", payload.get("appended_fc"))
+    if appended is not None and model.appended_classes is None:
         # The checkpoint's classifier is old Linear + appended Linear: give the model that shape before loading.
         old_key = f"{model.classifier_path}.0.weight"
         if old_key not in theirs:
-            raise UserError(f"{path} says appended_fc={appended} but has no {old_key}")
+            raise UserError(f"{path} says it appended a {appended}-class classifier but has no {old_key}")
         model.reset_classifier(theirs[old_key].shape[0])
-        append_classifier(model, appended)
+        model.append_classifier(appended)
         report.appended_fc = appended
     model_aux, file_aux = _aux_names(model.state_dict()), _aux_names(theirs)
     if file_aux and not model_aux:
@@ -226,26 +227,6 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
     return report
 
 
-def append_classifier(model: ZooModel, num_classes: int) -> None:
-    """Keep the model's classifier and put a new ``Linear(old_classes, num_classes)`` on top of it.
-
-    A 1x1 convolution classifier (class maps, as in NiN) gets a 1x1 convolution on top instead, which equals a
-    linear layer on the pooled logits. The classifier becomes ``nn.Sequential(old, new)`` at the same path; ``model.classifier_path`` then points at
-    the new layer, so ``get_classifier``/``reset_classifier`` and freezing act on it. ``model.appended_fc`` records
-    the class count for the checkpoint (its ``appended_fc`` field)."""
-    old = model.get_classifier()
-    if isinstance(old, nn.Conv2d):  # a class-map classifier (NiN): a 1x1 conv on the class maps, before pooling
-        new = nn.Conv2d(old.out_channels, num_classes, 1)
-    else:
-        new = nn.Linear(old.out_features, num_classes)
-    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-    parent, _, leaf = model.classifier_path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, nn.Sequential(old, new))
-    model.classifier_path = f"{model.classifier_path}.1"
-    model.num_classes = num_classes
-    model.appended_fc = num_classes
-
-
 def _parse_mode(mode: str, num_stages: int) -> int | None:
     """Stages left trainable: None for all, 0 for head, N for last:N."""
     if mode == "all":
@@ -264,11 +245,11 @@ def apply_finetune(model: ZooModel, mode: str = "all", *, new_fc_classes: int | 
     ``last:N`` trains the last N of ``model.stages()``, every parameter registered after the first of them (such
     as a final norm or head convolution outside the stages) and the classifier; earlier parameters freeze.
     With ``new_fc_classes`` the current classifier is kept and a new linear layer appended on top
-    (``append_classifier``); in ``head`` mode only that new layer trains."""
+    (``model.append_classifier``); in ``head`` mode only that new layer trains."""
     stages = model.stages()
     keep = _parse_mode(mode, len(stages))
     if new_fc_classes is not None:
-        append_classifier(model, new_fc_classes)
+        model.append_classifier(new_fc_classes)
     for p in model.parameters():
         p.requires_grad_(keep is None)
     if keep:

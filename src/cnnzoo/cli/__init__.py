@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import sys
 
+from cnnzoo.artifact import parse_input_size
 from cnnzoo.errors import UserError
 
 __all__ = ["main", "build_parser"]
@@ -24,22 +25,26 @@ except Exception:  # running from a source tree without installing
 
 
 def input_size_arg(text: str) -> tuple[int, ...]:
-    """argparse type of every --input-size: 'CxHxW' (3x224x224), or 'HxW' / 'H' to keep the channels of the
-    model or the data. Commas work as separators too."""
+    """argparse type of every --input-size (cnnzoo.artifact.parse_input_size): 'CxHxW' (3x224x224), or 'HxW' / 'H'
+    to keep the channels of the model or the data. Commas work as separators too."""
     try:
-        size = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"input size must look like 3x224x224, 224x224 or 224, not {text!r}") from None
-    size = size * 2 if len(size) == 1 else size
-    if len(size) not in (2, 3) or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"input size must be CxHxW, HxW or H with positive sizes, not {text!r}")
-    return size
+        return parse_input_size(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line (which command, what is wrong, where help is) and exit code 2, not the usage
+    block argparse prints (21 lines for `train`)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnzoo", description="The classic image-classification CNNs.")
+    parser = _Parser(prog="cnnzoo", description="The classic image-classification CNNs.")
     parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{module.name}").add_commands(subparsers)
     return parser
@@ -47,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage mistake: one line, SystemExit(2)
     try:
         return args.handler(args) or 0
     except UserError as err:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-# Spelled out here rather than imported from cnnzoo.exporting, so that `--help` does not import torch.
-FORMATS = ("onnx", "torchscript", "openvino")
-METHODS = ("trace", "script")
+from cnnzoo.choices import EXPORT_FORMATS as FORMATS
+from cnnzoo.choices import TORCHSCRIPT_METHODS as METHODS
+from cnnzoo.cli import input_size_arg
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -36,7 +36,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True,
                        help="a dynamic batch axis (default)")
     batch.add_argument("--static", dest="dynamic_batch", action="store_false", help="a fixed batch of 1")
-    p.add_argument("--input-size", default=None, metavar="CxHxW", help="export at another input size")
+    p.add_argument("--input-size", type=input_size_arg, default=None, metavar="CxHxW",
+                   help="export at another input size: CxHxW, HxW or H (HxW and H keep the model's channels)")
     p.add_argument("--method", choices=METHODS, default="trace", help="TorchScript: trace (default) or script")
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="int8 post-training static quantisation with ONNX Runtime (onnx only)")

@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 
-# Spelled out (equal to cnnzoo.runtime.BACKENDS, a test checks it) so that --help imports neither numpy nor PIL.
-BACKENDS = ("torch", "onnxruntime", "openvino")
+from cnnzoo.choices import BACKENDS
 
 
 def _positive(value: str) -> int:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cnnzoo.choices import DATASETS
 from cnnzoo.cli import input_size_arg
-
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "fake")  # = cnnzoo.data's
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -94,9 +93,11 @@ def _plan(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cnnzoo.train import fit
+    from cnnzoo.train import StopRequest, fit
 
-    history = fit(*_plan(args))
+    model, data, config = _plan(args)
+    with StopRequest.on_signals() as stop:  # SIGTERM / Ctrl-C: finish the step, write a resumable checkpoint
+        history = fit(model, data, config, stop=stop)
     if history.is_main:
         print(f"run folder: {history.run_dir}  (best val top-1 {history.best_metric:.4f}; curves.png, last.pt, "
               "best.pt)")

@@ -4,6 +4,8 @@
     forward_features(x)  -> the last spatial feature map, N x num_features x H x W
     forward_head(x)      -> pooling, dropout, classifier: N x num_classes
     reset_classifier(n)  -> a new, freshly initialised final linear layer with n outputs
+    append_classifier(n) -> keep the classifier and put a new n-way layer on top of it (fine-tuning with --new-fc);
+                            ``appended_classes`` records it for the model card
     stages()             -> the ordered (name, module) list that fine-tuning freezes from the front
     cam_layer            -> the module whose output is the feature map CAM-style explanations use
 
@@ -17,6 +19,13 @@ from torch import nn
 
 __all__ = ["ZooModel"]
 
+# The layer append_classifier puts on top of a classifier: a linear layer on the logits or, on the class maps of a
+# convolutional classifier (NiN, SqueezeNet), a 1x1 convolution, which equals a linear layer on the pooled logits.
+_ON_TOP = {
+    nn.Linear: lambda old, n: nn.Linear(old.out_features, n),
+    nn.Conv2d: lambda old, n: nn.Conv2d(old.out_channels, n, 1),
+}
+
 
 class ZooModel(nn.Module, metaclass=ABCMeta):
     # Set by every network's __init__: num_classes, num_features. (No class-level annotations: TorchScript
@@ -25,6 +34,7 @@ class ZooModel(nn.Module, metaclass=ABCMeta):
     stage_names = ()  # dotted module names, one per stage, in forward order (fine-tuning freezes from the front)
     cam_layer = ""  # dotted module name whose output equals forward_features(x)
     channels_last = False  # memory-format hint the trainer and predictor follow (depthwise nets)
+    appended_classes = None  # set by append_classifier: the classes of the layer put on top of the classifier
 
     @abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -38,12 +48,25 @@ class ZooModel(nn.Module, metaclass=ABCMeta):
     def get_classifier(self) -> nn.Linear:
         return self.get_submodule(self.classifier_path)
 
+    def _set_classifier(self, module: nn.Module) -> None:
+        parent, _, leaf = self.classifier_path.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, leaf, module)
+
     def reset_classifier(self, num_classes: int) -> None:
         old = self.get_classifier()
-        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
-        parent, _, leaf = self.classifier_path.rpartition(".")
-        setattr(self.get_submodule(parent) if parent else self, leaf, new)
+        self._set_classifier(nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device))
         self.num_classes = num_classes
+
+    def append_classifier(self, num_classes: int) -> None:
+        """Keep the classifier and put a new ``num_classes``-way layer on top of it: the classifier becomes
+        ``nn.Sequential(old, new)`` at the same path and ``classifier_path`` points at the new layer, so
+        get_classifier, reset_classifier and freezing act on it."""
+        old = self.get_classifier()
+        new = _ON_TOP[type(old)](old, num_classes).to(device=old.weight.device, dtype=old.weight.dtype)
+        self._set_classifier(nn.Sequential(old, new))
+        self.classifier_path = f"{self.classifier_path}.1"
+        self.num_classes = num_classes
+        self.appended_classes = num_classes
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [(name, self.get_submodule(name)) for name in self.stage_names]
