@@ -214,8 +214,17 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
+# protobuf refuses a message above 2 GiB, and an ONNX file built in memory is one message.
+PROTOBUF_LIMIT = 2**31
+
+
 def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool, card: ModelCard) -> bytes:
     import onnx
+
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if weights >= PROTOBUF_LIMIT:  # refused at once, before the exporter spends a minute and 9 GB finding out
+        raise ExportError(f"{card.model_name}'s {weights / 2**30:.1f} GiB of weights exceed protobuf's 2 GiB limit "
+                          "on one ONNX file")
 
     buffer = io.BytesIO()
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
