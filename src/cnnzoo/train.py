@@ -713,12 +713,11 @@ def _init_transfer(model: nn.Module, data: Data, config: TrainConfig, card: Mode
 
     report = load_pretrained(model, config.init, num_classes=None if config.new_fc else data.num_classes)
     ddp.print0(str(report), env=env)
+    file_classes = model.num_classes  # the loaded classifier's, before a new one may go on top of it
     model = apply_finetune(model, config.finetune, new_fc_classes=data.num_classes if config.new_fc else None)
     if model.appended_classes:
-        # The card rebuilds create_model(num_classes=old head's classes) + append_classifier(appended_classes).
-        old = model.get_submodule(model.classifier_path.rpartition(".")[0])[0]
-        old_classes = old.out_features if isinstance(old, nn.Linear) else old.out_channels
-        card = dataclasses.replace(card, model_kwargs=dict(card.model_kwargs, num_classes=old_classes),
+        # The card rebuilds create_model(num_classes=file_classes) + append_classifier(appended_classes).
+        card = dataclasses.replace(card, model_kwargs=dict(card.model_kwargs, num_classes=file_classes),
                                    appended_classes=model.appended_classes)
     if model.num_classes != data.num_classes:
         raise UserError(f"the model predicts {model.num_classes} classes, {data.name} has {data.num_classes}")
