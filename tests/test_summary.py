@@ -326,8 +326,9 @@ class GatedNet(nn.Module):
 @pytest.mark.parametrize("expand", [False, True])
 def test_a_global_gate_keeps_the_spatial_field(expand):
     s = summarize(GatedNet(expand), (4, 16, 16))
-    conv1, mul, conv2 = s.row("conv1"), s.row("se.mul"), s.row("conv2")
+    conv1, mul, conv2 = s.row("conv1"), s.row("se"), s.row("conv2")
     assert (conv1.rf, conv1.jump, conv1.gated) == ((3, 3), (1, 1), False)
+    assert mul.layer_type == "F.mul"  # the gate module's output, named after it
     assert (mul.rf, mul.jump, mul.gated) == ((3, 3), (1, 1), True)  # not the gate's whole-map field
     assert (conv2.rf, conv2.jump, conv2.gated) == ((5, 5), (1, 1), True) and conv2.rf_str == "5*"
     out_size, centre, read = _oracle(GatedNet(expand), (4, 16, 16))
@@ -396,7 +397,8 @@ def test_the_last_rows_are_the_maps_the_network_makes():
     v3 = summarize(_meta(create_model, "inception_v3"), (3, 299, 299))
     names = [r.name for r in v3.rows]
     features = v3.rows[names.index("avgpool") - 1]  # the map forward_features returns, concatenated by Mixed_7c
-    assert (features.name, features.out_shape, features.rf) == ("Mixed_7c.cat", (2048, 8, 8), (1311, 1311))
+    assert (features.name, features.layer_type) == ("Mixed_7c", "F.cat")
+    assert (features.out_shape, features.rf) == ((2048, 8, 8), (1311, 1311))
     nin = summarize(create_model("nin"), (3, 32, 32))
     assert (nin.rows[-1].name, nin.rows[-1].out_shape, nin.rows[-1].rf) == ("mean", (10,), (27 + 7 * 4,) * 2)
 
@@ -426,7 +428,7 @@ def test_auxiliary_heads_are_listed():
     aux = [r for r in s.rows if r.aux]
     assert {r.name.split(".")[0] for r in aux} == {"aux1", "aux2"} and sum(r.params for r in aux) == 13_004_888 - 6_624_904
     names = [r.name for r in s.rows]
-    assert names[names.index("aux1.pool") - 1] == "inception4a.cat"  # where the head branches off, in call order
+    assert names[names.index("aux1.pool") - 1] == "inception4a"  # where the head branches off, in call order
     assert s.aux_macs > 0 and sum(r.macs for r in s.rows if not r.aux) == s.total_macs
     assert "aux: training-only auxiliary heads" in s.table()
 

@@ -27,11 +27,11 @@ gradient in a linearised copy of it, the gate's branch held constant.
 Rows. One per leaf module (a module without children), in call order; a module called twice has two rows and its
 parameters are counted at the first. Placeholders are left out: parameter-free leaves that hand their input back
 untouched, running no operation (nn.Identity, an unused downsample, stochastic depth in eval mode). Functional
-calls that leaf modules do not cover get a row named after the module they run in, ``owner.op`` of type ``F.op``:
-windows (F.conv2d, F.max_pool2d), operations with MACs, operations that read a parameter directly (a layer
-scale), and the merge that makes a module's output when no row shows it (an Inception block's concatenation, the
-SE multiply, NiN's final mean). So every module's output is its last row, and `collapse(depth)` folds rows into
-blocks and stages. Auxiliary classifiers run only in training: when the inference pass leaves parameters unused,
+calls that leaf modules do not cover get a row of type ``F.op``: windows (F.conv2d, F.max_pool2d), operations
+with MACs and operations that read a parameter directly, named ``owner.op`` after the module they run in; and the
+merge that makes a module's output when no row shows it, named after that module (an Inception block's
+concatenation, ``Mixed_7c`` of type ``F.cat``; an SE block's multiply; at the top, NiN's final ``mean``). So
+every module's output is its last row, and `collapse(depth)` folds rows into blocks and stages. Auxiliary classifiers run only in training: when the inference pass leaves parameters unused,
 a second pass in training mode (batch 2, buffers and RNG restored) lists the modules it adds, marked `aux`; their
 MACs are not in the total, which is the inference cost. Every parameter appears in exactly one row.
 
@@ -494,7 +494,7 @@ class _State:
                 self.add(name, type(module).__name__, t, params, self.leaf_macs, self.leaf_window, module)
         elif t is not None and not (t is self.last and getattr(t, _LISTED, False)):
             op = getattr(t, _TAG, _INPUT).op  # the merge that made the module's output, which no row shows yet
-            self.add(f"{name}.{op}" if name else op, f"F.{op}", t, 0, 0, None, module)
+            self.add(name or op, f"F.{op}", t, 0, 0, None, module)
 
     def record_function(self, op: str, macs: int, window: _Window | None, params: list, out: torch.Tensor) -> None:
         self.total_macs += macs
