@@ -49,9 +49,6 @@ VARIANTS = {
     "large": Variant((192, 384, 768, 1536), (3, 3, 27, 3), 0.5),
 }
 
-Norm = partial(LayerNorm2d, eps=1e-6)
-
-
 class Permute(nn.Module):
     def __init__(self, *dims: int):
         super().__init__()
@@ -119,11 +116,11 @@ class ConvNeXt(ZooModel):
         if not 0.0 <= rate < 1.0:
             raise UserError(f"drop_path_rate must be in [0, 1), not {rate}")
         stem = nn.Conv2d(in_chans, dims[0], 3, 1, 1) if small_input else nn.Conv2d(in_chans, dims[0], 4, 4)
-        features: list[nn.Module] = [nn.Sequential(stem, Norm(dims[0]))]
+        features: list[nn.Module] = [nn.Sequential(stem, LayerNorm2d(dims[0]))]
         total, index = sum(depths), 0
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             if i > 0:
-                features.append(nn.Sequential(Norm(dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, 2)))
+                features.append(nn.Sequential(LayerNorm2d(dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, 2)))
             rates = [rate * (index + j) / (total - 1) for j in range(depth)]  # 0 at the first block, rate at the last
             features.append(nn.Sequential(*[Block(dim, p, layer_scale) for p in rates]))
             index += depth
@@ -131,7 +128,9 @@ class ConvNeXt(ZooModel):
         # torchvision's head (norm, flatten, fc: keys classifier.0 and classifier.2); dropout shares the
         # parameter-free slot 1
         self.classifier = nn.Sequential(
-            Norm(dims[-1]), nn.Sequential(nn.Flatten(1), nn.Dropout(dropout)), nn.Linear(dims[-1], num_classes)
+            LayerNorm2d(dims[-1]),
+            nn.Sequential(nn.Flatten(1), nn.Dropout(dropout)),
+            nn.Linear(dims[-1], num_classes),
         )
         self.num_classes, self.num_features = num_classes, dims[-1]
         self.apply(_init_weights)

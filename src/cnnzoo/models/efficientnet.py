@@ -34,6 +34,7 @@ eps, and torchvision's).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -162,7 +163,9 @@ def round_filters(channels: float) -> int:
     return max(8, int(channels + 4) // 8 * 8)
 
 
-def scale_stages(scaling: Scaling, stages: list[Stage] = B0_STAGES, rounding=make_divisible) -> list[Stage]:
+def scale_stages(
+    scaling: Scaling, stages: list[Stage] = B0_STAGES, rounding: Callable[[float], int] = make_divisible
+) -> list[Stage]:
     """Stages with widths times w (rounded to multiples of 8) and depths times d (rounded up); B0's by default."""
     return [
         s._replace(channels=rounding(s.channels * scaling.width), layers=math.ceil(s.layers * scaling.depth))
@@ -173,15 +176,14 @@ def scale_stages(scaling: Scaling, stages: list[Stage] = B0_STAGES, rounding=mak
 def _v1(name: str) -> Variant:
     s = SCALING[name]
     bn = TF_BN if name in TF_BATCHNORM else PYTORCH_BN
-    return Variant(make_divisible(B0_STEM * s.width), scale_stages(s), make_divisible(B0_HEAD * s.width),
-                   s.resolution, s.dropout, bn)
+    stem, head = make_divisible(B0_STEM * s.width), make_divisible(B0_HEAD * s.width)
+    return Variant(stem, scale_stages(s), head, s.resolution, s.dropout, bn)
 
 
 def _v2_base(name: str) -> Variant:
     s = V2_SCALING[name]
-    stages = scale_stages(s, V2_BASE_STAGES, round_filters)
-    return Variant(round_filters(V2_BASE_STEM * s.width), stages, round_filters(V2_BASE_HEAD * s.width),
-                   s.resolution, s.dropout, V2_BN)
+    stem, head = round_filters(V2_BASE_STEM * s.width), round_filters(V2_BASE_HEAD * s.width)
+    return Variant(stem, scale_stages(s, V2_BASE_STAGES, round_filters), head, s.resolution, s.dropout, V2_BN)
 
 
 VARIANTS: dict[str, Variant] = {
