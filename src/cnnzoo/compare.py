@@ -189,10 +189,10 @@ def _eager(model: nn.Module, device: str) -> Callable[[np.ndarray], np.ndarray]:
     return step
 
 
-def _exported(backend: str, onnx_path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _exported(backend: str, onnx_path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
     from cnnzoo.runtime import open_runtime
 
-    return open_runtime(onnx_path, backend).logits
+    return open_runtime(onnx_path, backend, threads=threads).logits
 
 
 def _onnx_file(name: str, model: nn.Module, input_size: Sequence[int], cache_dir: Path) -> Path:
@@ -207,6 +207,17 @@ def _onnx_file(name: str, model: nn.Module, input_size: Sequence[int], cache_dir
     return path
 
 
+# backend -> (network, its registry name, input size, export cache, threads) -> one inference step on a numpy batch
+_STEPS: dict[str, Callable[..., Callable[[np.ndarray], np.ndarray]]] = {
+    "torch": lambda model, name, size, cache, threads: _eager(model, "cpu"),
+    "onnxruntime": lambda model, name, size, cache, threads: _exported(
+        "onnxruntime", _onnx_file(name, model, size, cache), threads),
+    "openvino": lambda model, name, size, cache, threads: _exported(
+        "openvino", _onnx_file(name, model, size, cache), threads),
+    "cuda": lambda model, name, size, cache, threads: _eager(model, "cuda"),
+}
+
+
 def available_backends() -> list[str]:
     """The BACKENDS this machine can time: torch always, the others when installed (cuda: when a GPU is present)."""
     import importlib.util
@@ -217,10 +228,11 @@ def available_backends() -> list[str]:
 
 
 def time_model(name: str, backends: Sequence[str], cache_dir: str | Path = DEFAULT_CACHE, *, warmup: int = WARMUP,
-               repeats: int = REPEATS, budget_s: float = BUDGET_S, notes: list[str] | None = None,
-               ) -> dict[str, float | None]:
+               repeats: int = REPEATS, budget_s: float = BUDGET_S, threads: int | None = None,
+               notes: list[str] | None = None) -> dict[str, float | None]:
     """Milliseconds per batch-1 inference step of a registered network on each backend (see the module
-    docstring). A backend that fails on the network gets None, and the reason is appended to ``notes``."""
+    docstring), with ``threads`` intra-op threads on every CPU backend (default: each library's own default).
+    A backend that fails on the network gets None, and the reason is appended to ``notes``."""
     info = model_info(name)
     size = tuple(info.input_size)
     torch.manual_seed(0)
@@ -228,17 +240,19 @@ def time_model(name: str, backends: Sequence[str], cache_dir: str | Path = DEFAU
     calibrate_batchnorm(model, size)
     batch = np.random.default_rng(0).standard_normal((1, *size), dtype=np.float32)
     times: dict[str, float | None] = {}
-    for backend in backends:
-        try:
-            if backend in ("torch", "cuda"):
-                step = _eager(model, "cpu" if backend == "torch" else "cuda")
-            else:
-                step = _exported(backend, _onnx_file(name, model.cpu(), size, Path(cache_dir)))
-            times[backend] = 1e3 * _median_seconds(lambda: step(batch), warmup, repeats, budget_s)
-        except (UserError, RuntimeError) as err:  # one network that a backend cannot run must not stop the table
-            times[backend] = None
-            if notes is not None:
-                notes.append(f"{name} on {backend}: {str(err).strip().splitlines()[0][:200]}")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or torch_threads)
+    try:
+        for backend in sorted(backends, key=BACKENDS.index):  # BACKENDS order: cuda, which moves the model, last
+            try:
+                step = _STEPS[backend](model, name, size, Path(cache_dir), threads)
+                times[backend] = 1e3 * _median_seconds(lambda: step(batch), warmup, repeats, budget_s)
+            except (UserError, RuntimeError) as err:  # a backend that cannot run one network must not stop the table
+                times[backend] = None
+                if notes is not None:
+                    notes.append(f"{name} on {backend}: {str(err).strip().splitlines()[0][:200]}")
+    finally:
+        torch.set_num_threads(torch_threads)
     return times
 
 
@@ -278,8 +292,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def machine_info() -> dict:
-    """What the timings were measured on: CPU, cores, threads, GPU, library versions and the date (UTC)."""
+def machine_info(threads: int | None = None) -> dict:
+    """What the timings were measured on: CPU, cores, threads (``threads``, else each library's default), GPU,
+    library versions and the date (UTC)."""
     from cnnzoo.runtime import default_threads
 
     return {
@@ -287,8 +302,8 @@ def machine_info() -> dict:
         "cpu": _cpu_model(),
         "physical_cores": _physical_cores(),
         "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "runtime_threads": default_threads(),  # ONNX Runtime's and OpenVINO's intra-op threads
+        "torch_threads": threads or torch.get_num_threads(),
+        "runtime_threads": threads or default_threads(),  # ONNX Runtime's and OpenVINO's intra-op threads
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
@@ -300,8 +315,9 @@ def machine_info() -> dict:
 def _describe_machine(m: dict, backends: Sequence[str]) -> str:
     cores = f"{m['physical_cores']} cores, " if m.get("physical_cores") else ""
     v = m["versions"]
-    libs = [f"torch {v['torch']} ({m['torch_threads']} threads)"]
-    libs += [f"{b} {v[b]} ({m['runtime_threads']} threads)" for b in ("onnxruntime", "openvino") if b in backends]
+    threads = lambda n: f"{n} thread" + ("s" if n != 1 else "")  # noqa: E731
+    libs = [f"torch {v['torch']} ({threads(m['torch_threads'])})"]
+    libs += [f"{b} {v[b]} ({threads(m['runtime_threads'])})" for b in ("onnxruntime", "openvino") if b in backends]
     gpu = f"; GPU {m['gpu']}" if m.get("gpu") and "cuda" in backends else ""
     load = f", load average {m['load_average']} at the start" if m.get("load_average") is not None else ""
     return (f"Measured {m['date']} on {m['cpu']} ({cores}{m['logical_cpus']} logical CPUs{load}){gpu}, {m['os']}, "
@@ -403,7 +419,8 @@ def _resolve_names(patterns: Sequence[str]) -> list[str]:
 
 def compare_models(patterns: Sequence[str] = ("*",), *, timing: bool = True, timed: Sequence[str] | None = None,
                    backends: Sequence[str] | None = None, cache_dir: str | Path | None = None, progress: bool = False,
-                   warmup: int = WARMUP, repeats: int = REPEATS, budget_s: float = BUDGET_S) -> Comparison:
+                   threads: int | None = None, warmup: int = WARMUP, repeats: int = REPEATS,
+                   budget_s: float = BUDGET_S) -> Comparison:
     """The table of the networks matching ``patterns`` (glob patterns or names), in the order given.
 
     Args:
@@ -412,6 +429,8 @@ def compare_models(patterns: Sequence[str] = ("*",), *, timing: bool = True, tim
         backends: BACKENDS to time (default: every available one).
         cache_dir: where ONNX exports are cached (default DEFAULT_CACHE).
         progress: a progress bar on stderr.
+        threads: intra-op threads of every CPU backend (default: each library's own; 1 is the steadiest on a
+            machine other work shares: two-thread PyTorch eager there can lose 10x to OpenMP's waiting threads).
     """
     names = _resolve_names(patterns)
     backends = list(backends) if backends is not None else available_backends()
@@ -421,7 +440,7 @@ def compare_models(patterns: Sequence[str] = ("*",), *, timing: bool = True, tim
         what = f"unknown backend {unknown[0]!r}" if unknown else f"backend {missing[0]!r} is not available here"
         raise UserError(f"{what}; available: {', '.join(available_backends())}")
     to_time = set(_resolve_names(timed) if timed else names) if timing else set()
-    result = Comparison([], backends if timing else [], machine_info() if timing else None,
+    result = Comparison([], backends if timing else [], machine_info(threads) if timing else None,
                         warmup=warmup, repeats=repeats)
     bar = _progress(names, progress, "compare")
     for name in bar:
@@ -429,15 +448,15 @@ def compare_models(patterns: Sequence[str] = ("*",), *, timing: bool = True, tim
         row = static_row(name)
         if name in to_time:
             row.times_ms = time_model(name, backends, cache_dir or DEFAULT_CACHE, warmup=warmup, repeats=repeats,
-                                      budget_s=budget_s, notes=result.notes)
+                                      budget_s=budget_s, threads=threads, notes=result.notes)
         result.rows.append(row)
     return result
 
 
 DOCS_INTRO = """# The zoo side by side
 
-Generated by `cnnzoo compare --update-docs docs/models.md` (the networks of `cnnzoo.compare.DOCS_TIMED` timed, all
-others with their static columns only); a test keeps the static columns current. Columns:
+Generated by `cnnzoo compare --threads 1 --update-docs docs/models.md` (the networks of `cnnzoo.compare.DOCS_TIMED`
+timed, all others with their static columns only); a test keeps the static columns current. Columns:
 
 - **size (MB)**: the float32 weights, 4 bytes per parameter, in MB of 2^20 bytes (as Keras' applications table).
 - **top-1, top-5**: *published* ImageNet-1K validation accuracy (%), as reported by the source in the last column,
@@ -450,7 +469,9 @@ others with their static columns only); a test keeps the static columns current.
 - **depth**: weight layers (convolutions and linear layers) on the longest input-to-output path of the eval-mode
   forward pass (VGG-16: 16, ResNet-50: 50, GoogLeNet: 22; squeeze-and-excitation layers count).
 - **(ms)**: time per inference step at batch 1 on the machine below, per backend: PyTorch eager, ONNX Runtime and
-  OpenVINO on the ONNX export. Random weights; only the ten most-used networks are timed here.
+  OpenVINO on the ONNX export. Random weights; only the ten most-used networks are timed here. One thread per
+  backend: on this 2-core machine, shared with other work, two-thread PyTorch eager lost up to 10x to OpenMP's
+  waiting threads whenever another process ran (AlexNet: 200 ms with two threads, 27 ms with one).
 """
 
 

@@ -102,7 +102,7 @@ TORCHVISION: dict[str, dict[str, tuple[float, float]]] = {
 
 _ALEXNET = "Krizhevsky et al. 2012, Table 2, 1 CNN (error 40.7 / 18.2 %; 10 crops per image)"
 _RESNET = "He et al. 2016 (arXiv:1512.03385), Table 3, ResNet-50 (error 22.85 / 6.71 %; 10-crop testing)"
-_SENET = "Hu et al. 2018 (arXiv:1709.01507), Table 2, single 224 crop (error {} / {} %)"
+_SENET = "Hu et al. 2018 (arXiv:1709.01507), Table 2, {} (error {} / {} %; single 224 crop)"
 _MOBILENET = "Howard et al. 2017 (arXiv:1704.04861), Table 6, {} MobileNet-224 (no top-5 reported)"
 _INCEPTION_V4 = ("Szegedy et al. 2017 (arXiv:1602.07261), Table 2, {} (error {} / {} %; single crop, "
                  "non-blacklisted subset of the validation set)")
@@ -113,10 +113,10 @@ PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "zfnet": (61.6, 83.5, "Zeiler & Fergus 2014 (arXiv:1311.2901), Table 2, 1 convnet as per Fig. 3 "
                           "(error 38.4 / 16.5 %)"),
     "resnet50_v1": (77.15, 93.29, _RESNET),
-    "se_resnet50": (76.71, 93.38, _SENET.format(23.29, 6.62)),
-    "se_resnet101": (77.62, 93.93, _SENET.format(22.38, 6.07)),
-    "se_resnet152": (78.43, 94.27, _SENET.format(21.57, 5.73)),
-    "se_resnext50_32x4d": (78.90, 94.51, _SENET.format(21.10, 5.49)),
+    "se_resnet50": (76.71, 93.38, _SENET.format("SE-ResNet-50", "23.29", "6.62")),
+    "se_resnet101": (77.62, 93.93, _SENET.format("SE-ResNet-101", "22.38", "6.07")),
+    "se_resnet152": (78.43, 94.27, _SENET.format("SE-ResNet-152", "21.57", "5.73")),
+    "se_resnext50_32x4d": (78.90, 94.51, _SENET.format("SE-ResNeXt-50", "21.10", "5.49")),
     "mobilenet_v1": (70.6, None, _MOBILENET.format("1.0")),
     "mobilenet_v1_075": (68.4, None, _MOBILENET.format("0.75")),
     "mobilenet_v1_050": (63.7, None, _MOBILENET.format("0.5")),
@@ -127,6 +127,13 @@ PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "inception_v4": (80.0, 95.0, _INCEPTION_V4.format("Inception-v4", 20.0, 5.0)),
     # cnnzoo's Inception-ResNet-v2 is the released TF-slim model (see cnnzoo.models.inception), which Keras ships.
     "inception_resnet_v2": (80.3, 95.3, "Keras applications table, InceptionResNetV2 (the released TF-slim weights)"),
+    # The Keras applications these networks are built after (their docstrings name them).
+    "xception": (79.0, 94.5, "Keras applications table, Xception (as Chollet 2017, arXiv:1610.02357, Table 1)"),
+    "resnet50v2": (76.0, 93.0, "Keras applications table, ResNet50V2"),
+    "resnet101v2": (77.2, 93.8, "Keras applications table, ResNet101V2"),
+    "resnet152v2": (78.0, 94.2, "Keras applications table, ResNet152V2"),
+    "nasnet_a_mobile": (74.4, 91.9, "Keras applications table, NASNetMobile"),
+    "nasnet_a_large": (82.5, 96.0, "Keras applications table, NASNetLarge"),
 }
 
 

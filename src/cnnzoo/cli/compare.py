@@ -23,7 +23,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     timed = args.timed.split(",") if args.timed else (DOCS_TIMED if args.update_docs else None)
     result = compare(args.targets, timing=not args.no_timing, timed=timed, backends=args.backends,
-                     cache_dir=args.cache, progress=True, curves=args.out)
+                     cache_dir=args.cache, threads=args.threads, progress=True, curves=args.out)
     if args.update_docs:
         print(f"{write_docs(args.update_docs, result)}: {len(result.rows)} networks", file=sys.stderr)
     else:
@@ -54,6 +54,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timed", metavar="PATTERN,...", help="time only these networks (default: all chosen)")
     p.add_argument("--backends", type=_backends, metavar="B,...",
                    help=f"backends to time, of {', '.join(BACKENDS)} (default: every available one)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op threads of every CPU backend (default: each library's own; 1 is steadiest on a "
+                        "busy machine)")
     p.add_argument("--cache", metavar="DIR", help="where ONNX exports are kept (default ~/.cache/cnnzoo/exports)")
     p.add_argument("--out", default="runs_compare.png", metavar="FILE.png", help="runs: the curves PNG")
     p.add_argument("--update-docs", metavar="FILE.md",
