@@ -643,8 +643,8 @@ def compare(targets: Sequence[str], **kwargs) -> Comparison | RunComparison:
 
 
 # ------------------------------------------------------------------------------------------------ chart
-PUBLISHED_NOTE = ("Published ImageNet-1K top-1 (torchvision IMAGENET1K_V1 weights, else the paper; cnnzoo.published), "
-                  "not measured here. MACs at each network's default input size.")
+PUBLISHED_NOTE = ("Published ImageNet-1K top-1 (torchvision IMAGENET1K_V1 weights, else the paper or Keras' table; "
+                  "cnnzoo.published), not measured here. MACs at each network's default input size.")
 
 
 def chart_points(targets: Sequence[str] = (), progress: bool = False) -> tuple[list, str, str]:

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
 
 __all__ = ["ChartPoint", "runs_figure", "accuracy_figure", "save_png", "plot_runs", "label_boxes"]
 
@@ -28,8 +29,9 @@ LOG_LOSS_RATIO = 10.0  # a loss axis whose largest/smallest value exceed this (a
 MAX_BUBBLE = 1600.0  # area in points^2 of the largest network's bubble; the others scale with their parameters
 LABEL_SIZE = 7  # points
 # Candidate directions for a label, in degrees: the four sides first (shortest leader), then the diagonals.
-_DIRECTIONS = (0, 180, 90, 270, 30, 150, 210, 330, 60, 120, 240, 300)
-_RINGS = 10  # distances tried: the bubble's edge, then one label height farther per ring
+_DIRECTIONS = (0, 180, 90, 270, 30, 150, 210, 330, 60, 120, 240, 300, 15, 165, 195, 345, 45, 135, 225, 315)
+_RINGS = 14  # distances tried: the bubble's edge, then one label height farther per ring
+LABEL_WEIGHT = 4.0  # a label over a label costs this many times a label over a bubble (which stays readable)
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,9 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
 def _family_colours(families: Sequence[str]) -> dict[str, tuple]:
     from matplotlib import colormaps
 
-    # tab20's even entries first: neighbouring families get distinct hues, not a dark/light pair
-    cmap = colormaps["tab20"]
-    order = [cmap(i) for i in range(0, 20, 2)] + [cmap(i) for i in range(1, 20, 2)]
+    # tab20's even entries first (neighbouring families get distinct hues, not a dark/light pair), then tab20b's
+    cmap, more = colormaps["tab20"], colormaps["tab20b"]
+    order = [cmap(i) for i in range(0, 20, 2)] + [cmap(i) for i in range(1, 20, 2)] + [more(i) for i in range(20)]
     return {f: order[i % len(order)] for i, f in enumerate(sorted(set(families)))}
 
 
@@ -135,7 +137,8 @@ def _place_labels(fig: Figure, ax, points: Sequence[ChartPoint], sizes: np.ndarr
                 cand = np.r_[centre - [w / 2, h / 2], centre + [w / 2, h / 2]]
                 outside = (max(frame.x0 - cand[0], 0) + max(cand[2] - frame.x1, 0) + max(frame.y0 - cand[1], 0)
                            + max(cand[3] - frame.y1, 0))
-                cost = 1e6 * outside + _overlap(cand, np.array(placed).reshape(-1, 4)) + _overlap(cand, others)
+                cost = (1e6 * outside + LABEL_WEIGHT * _overlap(cand, np.array(placed).reshape(-1, 4))
+                        + _overlap(cand, others))
                 if cost < best_cost:
                     best, best_cost, best_ring = cand, cost, ring
             if best_cost == 0:
@@ -148,6 +151,14 @@ def _place_labels(fig: Figure, ax, points: Sequence[ChartPoint], sizes: np.ndarr
                                arrowprops=leader if best_ring > 0 else None,
                                bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.7))
     return texts
+
+
+def _si(n: float) -> str:
+    """1e6 -> '1M', 2.5e3 -> '2.5K'."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:g}{unit}"
+    return f"{n:g}"
 
 
 def accuracy_figure(points: Sequence[ChartPoint], title: str = "ImageNet top-1 (published) against compute",
@@ -166,8 +177,11 @@ def accuracy_figure(points: Sequence[ChartPoint], title: str = "ImageNet top-1 (
     ax.scatter(x, y, s=sizes, c=[colours[p.family] for p in points], alpha=0.6, edgecolors="0.25", linewidths=0.5,
                zorder=2)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, 1, 10 rather than 10^-1, 10^0
     pad_y = max(1.0, 0.06 * (y.max() - y.min()))
     ax.set_xlim(x.min() / 1.8, x.max() * 1.8)
+    if x.max() / x.min() < 3:  # less than a decade shown: matplotlib labels the minor ticks, in the same style
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylim(y.min() - pad_y, y.max() + pad_y)
     ax.set_xlabel("GMACs per image (log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -177,9 +191,9 @@ def accuracy_figure(points: Sequence[ChartPoint], title: str = "ImageNet top-1 (
                       for f, c in colours.items()]
     legend = fig.legend(handles=family_handles, title="family", loc="upper left", bbox_to_anchor=(0.80, 0.94),
                         fontsize=8, title_fontsize=9, frameon=False)
-    refs = [r for r in (1e6, 10e6, 100e6) if r <= biggest] or [biggest]
-    size_handles = [Line2D([], [], ls="", marker="o", color="0.6", alpha=0.6, label=f"{r / 1e6:g}M params",
-                           ms=math.sqrt(MAX_BUBBLE * r / biggest)) for r in refs]
+    top = 10 ** math.floor(math.log10(biggest))  # reference bubbles: the three powers of ten up to the biggest
+    size_handles = [Line2D([], [], ls="", marker="o", color="0.6", alpha=0.6, label=f"{_si(r)} params",
+                           ms=math.sqrt(MAX_BUBBLE * r / biggest)) for r in (top / 100, top / 10, top)]
     fig.legend(handles=size_handles, title="bubble area", loc="lower left", bbox_to_anchor=(0.80, 0.08), fontsize=8,
                title_fontsize=9, frameon=False, labelspacing=1.6, borderpad=1.0)
     fig.add_artist(legend)
