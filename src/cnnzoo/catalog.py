@@ -128,7 +128,8 @@ def render_text(rows: list[CatalogRow]) -> str:
 
 
 def render_markdown(rows: list[CatalogRow]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---", "---", "---:", "---:", "---:", "---", "---"]) + "|"]
+    align = ["---", "---", "---:", "---:", "---:", "---", "---"]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 

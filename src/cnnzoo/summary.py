@@ -31,9 +31,11 @@ calls that leaf modules do not cover get a row of type ``F.op``: windows (F.conv
 with MACs and operations that read a parameter directly, named ``owner.op`` after the module they run in; and the
 merge that makes a module's output when no row shows it, named after that module (an Inception block's
 concatenation, ``Mixed_7c`` of type ``F.cat``; an SE block's multiply; at the top, NiN's final ``mean``). So
-every module's output is its last row, and `collapse(depth)` folds rows into blocks and stages. Auxiliary classifiers run only in training: when the inference pass leaves parameters unused,
-a second pass in training mode (batch 2, buffers and RNG restored) lists the modules it adds, marked `aux`; their
-MACs are not in the total, which is the inference cost. Every parameter appears in exactly one row.
+every module's output is its last row, and `collapse(depth)` folds rows into blocks and stages.
+
+Auxiliary classifiers run only in training: when the inference pass leaves parameters unused, a second pass in
+training mode (batch 2, buffers and RNG restored) lists the modules it adds, marked `aux`; their MACs are not in
+the total, which is the inference cost. Every parameter appears in exactly one row.
 
 MACs are the multiply-accumulates of convolutions, linear layers and matrix products (torchvision's convention),
 counted per call through a TorchFunctionMode, so functional calls that module hooks miss are counted too. FLOPs,

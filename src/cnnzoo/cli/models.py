@@ -54,7 +54,8 @@ def _depth(text: str) -> int:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="list the registered networks", description="List the registered networks.")
+    p = subparsers.add_parser("models", help="list the registered networks",
+                              description="List the registered networks.")
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'resnet*'")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.add_argument("--update-readme", metavar="FILE",
