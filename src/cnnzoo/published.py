@@ -10,9 +10,9 @@ Every figure is ImageNet-1K (ILSVRC-2012) validation accuracy in percent, copied
   later recipes that add several points without changing the architecture. Comparing architectures means
   comparing recipes too, so the figure a network shows (``published(name)``) is its V1 figure; the others
   stay available through ``published_all(name)``.
-- ``PAPERS``: for networks torchvision lacks, a figure from the network's paper or from the Keras applications
-  table, named exactly in its source string, and only where the number is known exactly. Paper figures often
-  use another test protocol (10 crops, a validation subset); the source says which.
+- ``PAPERS``: for networks torchvision lacks, a figure from the network's paper, from its authors' release notes
+  or from the Keras applications table, named exactly in its source string, and only where the number is known
+  exactly. Paper figures often use another test protocol (10 crops, a validation subset); the source says which.
 
 A network in neither table shows no figure. Nothing here is computed, estimated or interpolated.
 """
@@ -101,8 +101,11 @@ TORCHVISION: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 _ALEXNET = "Krizhevsky et al. 2012, Table 2, 1 CNN (error 40.7 / 18.2 %; 10 crops per image)"
-_RESNET = "He et al. 2016 (arXiv:1512.03385), Table 3, ResNet-50 (error 22.85 / 6.71 %; 10-crop testing)"
-_SENET = "Hu et al. 2018 (arXiv:1709.01507), Table 2, {} (error {} / {} %; single 224 crop)"
+# The authors' released models, in their repositories' READMEs: single 224 crop of the 256 resize, as torchvision.
+_RESNET = ("He et al. 2016, the released ResNet-50, github.com/KaimingHe/deep-residual-networks README, 1-crop "
+           "validation error (error 24.7 / 7.8 %)")
+_SENET = ("Hu et al. 2018, the released {}, github.com/hujie-frank/SENet README, Table 1, single-crop validation "
+          "error (error {} / {} %)")
 _MOBILENET = "Howard et al. 2017 (arXiv:1704.04861), Table 6, {} MobileNet-224 (no top-5 reported)"
 _INCEPTION_V4 = ("Szegedy et al. 2017 (arXiv:1602.07261), Table 2, {} (error {} / {} %; single crop, "
                  "non-blacklisted subset of the validation set)")
@@ -110,13 +113,12 @@ _INCEPTION_V4 = ("Szegedy et al. 2017 (arXiv:1602.07261), Table 2, {} (error {} 
 # name: (top-1 %, top-5 % or None, source); figures converted from the error rates the sources print.
 PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "alexnet_v1": (59.3, 81.8, _ALEXNET),
-    "zfnet": (61.6, 83.5, "Zeiler & Fergus 2014 (arXiv:1311.2901), Table 2, 1 convnet as per Fig. 3 "
-                          "(error 38.4 / 16.5 %)"),
-    "resnet50_v1": (77.15, 93.29, _RESNET),
-    "se_resnet50": (76.71, 93.38, _SENET.format("SE-ResNet-50", "23.29", "6.62")),
-    "se_resnet101": (77.62, 93.93, _SENET.format("SE-ResNet-101", "22.38", "6.07")),
-    "se_resnet152": (78.43, 94.27, _SENET.format("SE-ResNet-152", "21.57", "5.73")),
-    "se_resnext50_32x4d": (78.90, 94.51, _SENET.format("SE-ResNeXt-50", "21.10", "5.49")),
+    "resnet50_v1": (75.3, 92.2, _RESNET),
+    "se_resnet50": (77.63, 93.64, _SENET.format("SE-ResNet-50", "22.37", "6.36")),
+    "se_resnet101": (78.25, 94.28, _SENET.format("SE-ResNet-101", "21.75", "5.72")),
+    "se_resnet152": (78.66, 94.46, _SENET.format("SE-ResNet-152", "21.34", "5.54")),
+    "se_resnext50_32x4d": (79.03, 94.46, _SENET.format("SE-ResNeXt-50 (32 x 4d)", "20.97", "5.54")),
+    "senet154": (81.32, 95.53, _SENET.format("SENet-154", "18.68", "4.47")),
     "mobilenet_v1": (70.6, None, _MOBILENET.format("1.0")),
     "mobilenet_v1_075": (68.4, None, _MOBILENET.format("0.75")),
     "mobilenet_v1_050": (63.7, None, _MOBILENET.format("0.5")),
@@ -134,6 +136,10 @@ PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "resnet152v2": (78.0, 94.2, "Keras applications table, ResNet152V2"),
     "nasnet_a_mobile": (74.4, 91.9, "Keras applications table, NASNetMobile"),
     "nasnet_a_large": (82.5, 96.0, "Keras applications table, NASNetLarge"),
+    "efficientnet_v2_b0": (78.7, 94.3, "Keras applications table, EfficientNetV2B0"),
+    "efficientnet_v2_b1": (79.8, 95.0, "Keras applications table, EfficientNetV2B1"),
+    "efficientnet_v2_b2": (80.5, 95.1, "Keras applications table, EfficientNetV2B2"),
+    "efficientnet_v2_b3": (82.0, 95.8, "Keras applications table, EfficientNetV2B3"),
 }
 
 

@@ -106,7 +106,7 @@ class Filters:
         FigureCanvasAgg(fig)
         ax = fig.add_axes((0.03, 0.03, 0.94, 0.86))
         _show(ax, mosaic)
-        colour = "RGB" if c == 3 else f"{c} channel" + ("s, first shown" if c not in (1, 3) else "")
+        colour = "RGB" if c == 3 else "grey"
         fig.suptitle(f"{self.model_name} {self.layer}: {k} filters {kh}x{kw} ({colour}), each stretched to [0, 1]",
                      fontsize=9)
         return fig
@@ -212,7 +212,8 @@ def _find_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
     if name not in modules:
         close = difflib.get_close_matches(str(name), list(modules), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"unknown layer {name!r} for {type(model).__name__}{hint}")
+        some = ", ".join(list(modules)[:12]) + (", ..." if len(modules) > 12 else "")
+        raise UserError(f"unknown layer {name!r} for {type(model).__name__}{hint} (layers: {some})")
     return name, modules[name]
 
 
