@@ -295,14 +295,13 @@ def test_nasnet_wiring():
 
 
 def test_nasnet_aux_head_and_modes():
-    model = create_model("nasnet_a_mobile", num_classes=10)
-    x = torch.randn(2, 3, 96, 96)
-    out = model.train()(x)
+    model = _meta("nasnet_a_mobile", num_classes=10)  # shapes and modes only: the meta device computes nothing
+    out = model.train()(torch.empty(2, 3, 96, 96, device="meta"))
     assert isinstance(out, tuple) and len(out) == 2 and all(o.shape == (2, 10) for o in out)
-    small = model(torch.randn(2, 3, 32, 32))  # the aux head's 5x5 pool is skipped on its 1x1 map
+    small = model(torch.empty(2, 3, 32, 32, device="meta"))  # the aux head's 5x5 pool is skipped on its 1x1 map
     assert all(o.shape == (2, 10) for o in small)
-    with torch.inference_mode():
-        assert model.eval()(x).shape == (2, 10)
+    logits = model.eval()(torch.empty(2, 3, 96, 96, device="meta"))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 10)
     plain = _meta("nasnet_a_mobile", aux_logits=False)
     assert not [k for k in plain.state_dict() if k.startswith("aux_head")]
     model.reset_classifier(3)

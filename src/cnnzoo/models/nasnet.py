@@ -26,7 +26,8 @@ Training extras of the paper and the TF-slim configs:
   by 0.4 (cnnzoo's trainer uses its ``aux_weight``). With ``aux_logits=True`` (the default) the forward returns
   ``(logits, aux)`` in training mode and the logits alone in eval mode, as GoogLeNet and Inception-v3 do. An
   adaptive pool before the 768-filter convolution keeps the head usable at other input sizes (identity at the
-  default size, where the map is 4x4 in Mobile and 6x6 in Large);
+  default size, where the map is 4x4 in Mobile and 6x6 in Large), and a map smaller than the 5x5 pool (inputs
+  below about 80x80) skips that pool;
 - ScheduledDropPath: every operation's output except identities is dropped per sample with a probability that grows
   linearly over training, to ``drop_path_rate`` x (cell position + 1) / cells (the TF-slim "v3" schedule: deeper
   cells drop more). ``model.set_drop_path_progress(step / total_steps)`` sets the schedule; until it is called the
@@ -35,12 +36,14 @@ Training extras of the paper and the TF-slim configs:
 
 Module names, parameter order and arithmetic follow timm's ``nasnetalarge`` (Cadene's port of the TF-slim weights),
 so its state_dicts load strictly and give the same outputs; our cells sit in the ModuleDict ``cells``
-(``cells.cell_0...`` where timm has ``cell_0...``), and loading renames timm's keys. The same names describe
-NASNet-A Mobile (pretrainedmodels' ``nasnetamobile``), which timm does not ship. One arithmetic detail of timm's port
+(``cells.cell_0...`` where timm has ``cell_0...``), and loading renames timm's keys. NASNet-A Mobile gets its modules
+from the same rules, hence the names of pretrainedmodels' ``nasnetamobile`` (not tested here: timm does not ship it,
+and that port pads its stride-2 operations differently). One arithmetic detail of timm's port
 differs from TF-slim and is kept: its stride-2 average pools count the "SAME" padding zeros in the average (TF-slim
 excludes them), which changes border values of the reduction cells.
 
-Parameters at 1000 classes without the auxiliary head: Mobile 5,289,978, Large 88,753,150 (timm's); the paper's
+Parameters at 1000 classes without the auxiliary head: Mobile 5,289,978, Large 88,753,150 (timm's; with BatchNorm's
+36,738 and 196,668 running statistics, Keras' NASNetMobile 5,326,716 and NASNetLarge 88,949,818); the paper's
 Tables 2 and 3 quote 5.3M and 88.9M (with the auxiliary head: 7,701,218 and 93,320,934). Mult-adds: Mobile 563.6 M at
 224 (paper: 564M), Large 23.78 G at 331 (paper: 23.8B).
 """
