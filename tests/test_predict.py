@@ -123,8 +123,8 @@ def test_runtimes_agree_with_pytorch(models, images):
             best = torch.topk(expect, 3)
             assert [name for name, _ in row] == [CLASSES[i] for i in best.indices]
             np.testing.assert_allclose([p for _, p in row], best.values.numpy(), atol=1e-5)
-    fast = open_runtime(models["xml"], precision="auto")  # OpenVINO's own precision (bf16 on AMX CPUs)
-    assert fast.precision == "auto"
+    fast = open_runtime(models["xml"], precision="auto")  # no deploy record (cnnzoo.precision): fp32
+    assert fast.precision == "fp32"
     assert np.abs(fast.logits(batch.numpy()) - reference).max() <= 0.05 * (1 + np.abs(reference).max())
     assert open_runtime(models["static"], "onnxruntime").fixed_batch == 1
     assert open_runtime(models["onnx"], "onnxruntime").fixed_batch is None

@@ -5,8 +5,11 @@
         onnx         torch.onnx.export, named input/logits, dynamic batch axis, the model card under "cnnzoo"
         torchscript  torch.jit.trace or torch.jit.script, the card in the archive's extra file "cnnzoo.json"
         openvino     the checked ONNX graph through openvino.convert_model, the card in rt_info["cnnzoo"]
-        quantize="int8" (ONNX only): ONNX Runtime post-training static quantisation calibrated on training
-        images, refused when validation top-1 drops by more than max_drop points.
+        precision="bf16" | "int8" | "auto": the configurations of that precision (every one for auto) measured on
+        this machine, each reduced precision gated on validation images (cnnzoo.precision), the fastest that
+        passes written with its deploy record; int8 is ONNX Runtime's QDQ in an .onnx, NNCF's in an IR
+        quantize="int8" (ONNX only, the older spelling): ONNX Runtime's QDQ, refused when validation top-1 drops
+        by more than max_drop points.
 
 Every export is compared with the PyTorch model on random inputs (two batch sizes when the batch axis is
 dynamic) and written atomically: a file that fails its check is never left behind.
@@ -22,8 +25,10 @@ The one classic weakness of the legacy exporter, adaptive pooling whose output s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -41,14 +46,18 @@ from cnnzoo.artifact import ModelCard, photo_spec, resolve_input_size
 from cnnzoo.choices import EXPORT_FORMATS, TORCHSCRIPT_METHODS
 from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.errors import UserError
-from cnnzoo.images import open_image, preprocess, scan_image_folder
+from cnnzoo.images import open_image, preprocess
+from cnnzoo.precision import (DEFAULT_BATCH, Candidate, Deployment, Gate, GateImages, candidates_for,
+                              check_precision, choose, int8_card, labelled_images, load_gate_images, run_trials,
+                              trials_table)
 from cnnzoo.registry import check_input_size
-from cnnzoo.runtime import META_KEY, onnx_session
+from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime
 
 __all__ = ["FORMATS", "METHODS", "ExportError", "ExportReport", "export"]
 
 FORMATS, METHODS = EXPORT_FORMATS, TORCHSCRIPT_METHODS
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
+KINDS = {".onnx": "onnx", ".xml": "openvino"}  # what --out's suffix asks for when --format is not given
 
 
 class ExportError(UserError):
@@ -68,6 +77,7 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)  # tracer warnings, quantisation details
     top1_fp32: float | None = None  # validation top-1 (%) before and after int8 quantisation
     top1_int8: float | None = None
+    deploy: Deployment | None = None  # precision != fp32: the configuration chosen, with every alternative measured
 
     def __str__(self) -> str:
         sizes = "x".join(map(str, self.input_size))
@@ -77,7 +87,12 @@ class ExportReport:
         )
         if self.top1_int8 is not None:
             line += f"; int8 top-1 {self.top1_int8:.2f}% (fp32 {self.top1_fp32:.2f}%)"
-        return "\n".join([line, *self.notes])
+        deploy = []
+        if self.deploy is not None:
+            chosen = next(t for t in self.deploy.alternatives if t.name == self.deploy.backend + " " +
+                          self.deploy.precision)
+            deploy = [self.deploy.describe(), trials_table(self.deploy.alternatives, chosen)]
+        return "\n".join([line, *self.notes, *deploy])
 
 
 def _bare_card(model: nn.Module, input_size) -> ModelCard:
@@ -310,21 +325,6 @@ def _export_openvino(model, out, card, opset, dynamic_batch, inputs, ref) -> flo
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _labelled_images(folder: str | Path, classes: list[str], limit: int | None) -> list[tuple[Path, int]]:
-    """(path, class index) of an ImageFolder, taken round-robin over classes so a prefix covers them all."""
-    folder_classes, samples = scan_image_folder(folder)
-    index = {name: i for i, name in enumerate(classes)}
-    stray = [name for name in folder_classes if name not in index]
-    if stray:
-        raise UserError(f"{Path(folder) / stray[0]}: class {stray[0]!r} is not one of the model's classes")
-    per_class = [[(Path(p), index[name]) for p, label in samples if label == i] for i, name in enumerate(folder_classes)]
-    items = [item for group in zip(*per_class) for item in group]
-    # zip stops at the shortest class; append the remainder in order so no image is lost
-    taken = {p for p, _ in items}
-    items += [item for group in per_class for item in group if item[0] not in taken]
-    return items[:limit] if limit else items
-
-
 def _batches(items, card: ModelCard, batch: int = 32):
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
@@ -339,20 +339,16 @@ def _top1(session, items, card: ModelCard) -> float:
     return 100.0 * correct / len(items)
 
 
-def _quantize_int8(fp32: Path, out: Path, card: ModelCard, calib_data, val_data, calib_images: int,
-                   max_drop: float, report: ExportReport) -> None:
+def _qdq(fp32: Path, out: Path, card: ModelCard, samples) -> None:
+    """ONNX Runtime's post-training static quantisation of an .onnx, calibrated (min-max) on ``samples`` (1 x C x H x
+    W float32 arrays, preprocessed), with ``card`` as its metadata."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if calib_data is None or val_data is None:
-        raise UserError("--quantize int8 needs calibration images (--calib-data) and a validation split (--val-data)")
-    calib = _labelled_images(calib_data, list(card.classes), calib_images)
-    val = _labelled_images(val_data, list(card.classes), None)
-
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._it = (x for x, _ in _batches(calib, card, batch=1))
+            self._it = iter(samples)
 
         def get_next(self):
             x = next(self._it, None)
@@ -368,6 +364,36 @@ def _quantize_int8(fp32: Path, out: Path, card: ModelCard, calib_data, val_data,
     proto = onnx.load(str(out))
     _set_card(proto, card)
     onnx.save(proto, str(out))
+
+
+def _nncf(float_model: Path, out: Path, card: ModelCard, samples) -> None:
+    """NNCF's post-training quantisation of the OpenVINO model read from ``float_model`` (an .onnx or IR),
+    calibrated on ``samples`` (1 x C x H x W float32 arrays, preprocessed), saved as an IR with ``card``."""
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.ERROR)
+    model = ov.Core().read_model(str(float_model))
+    samples = list(samples)
+    # its notes and progress bars (rich, on stdout) would fill the export's output
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+    quantized.set_rt_info(card.to_json(), META_KEY)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+
+
+# How each file kind is quantised (float file, out, card, 1 x C x H x W calibration samples). The older --quantize
+# path writes its card unmarked (runtimes read such a file as fp32, which it is not: export it with --precision).
+QUANTISERS = {"onnx": _qdq, "openvino": _nncf}
+
+
+def _quantize_int8(fp32: Path, out: Path, card: ModelCard, calib_data, val_data, calib_images: int,
+                   max_drop: float, report: ExportReport) -> None:
+    if calib_data is None or val_data is None:
+        raise UserError("--quantize int8 needs calibration images (--calib-data) and a validation split (--val-data)")
+    calib = labelled_images(calib_data, list(card.classes), calib_images)
+    val = labelled_images(val_data, list(card.classes), None)
+    _qdq(fp32, out, card, (x for x, _ in _batches(calib, card, batch=1)))
     report.top1_fp32, report.top1_int8 = _top1(onnx_session(fp32), val, card), _top1(onnx_session(out), val, card)
     drop = report.top1_fp32 - report.top1_int8
     report.notes.append(f"int8 calibrated on {len(calib)} training images; validation top-1 on {len(val)} images: "
@@ -378,12 +404,125 @@ def _quantize_int8(fp32: Path, out: Path, card: ModelCard, calib_data, val_data,
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Reduced precision: measured candidates, each gated, the fastest that passes written with its record
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Build:
+    """What building a file needs: the network, its card, and the checked float export's settings."""
+
+    model: nn.Module
+    card: ModelCard
+    opset: int
+    dynamic_batch: bool
+    inputs: list[torch.Tensor]
+    ref: list[np.ndarray]
+    atol: float
+    method: str
+    images: GateImages
+    report: ExportReport
+
+
+class _Files:
+    """The files the candidates run, made on first use in one work folder: a float file per kind (checked against
+    PyTorch like any export), and int8 files quantised from the first float file made (the reference's)."""
+
+    def __init__(self, folder: Path, build: _Build):
+        self.folder, self.build, self.made = folder, build, {}
+
+    def path(self, kind: str, precision: str) -> Path:
+        key = (kind, "int8" if precision == "int8" else "float")
+        if key not in self.made:
+            self.made[key] = self._make(*key)
+        return self.made[key]
+
+    def _make(self, kind: str, weights: str) -> Path:
+        b = self.build
+        out = self.folder / f"{kind}-{weights}{SUFFIXES[kind]}"
+        if weights == "int8":
+            source = next(iter(self.made.values()))  # the reference's float file
+            try:
+                QUANTISERS[kind](source, out, int8_card(b.card), b.images.calibration[:, None])
+            except Exception as err:  # a graph the quantiser cannot handle: this candidate is refused, not the export
+                raise UserError(f"int8 quantisation failed: {_first_line(err)}") from None
+            return out
+        if kind == "onnx":
+            diff = _export_onnx(b.model, out, b.card, b.opset, b.dynamic_batch, b.inputs, b.ref)
+        elif kind == "openvino":
+            diff = _export_openvino(b.model, out, b.card, b.opset, b.dynamic_batch, b.inputs, b.ref)
+        else:
+            diff = _export_torchscript(b.model, out, b.card, b.method, b.inputs, b.ref, b.report.notes)
+        if not diff <= b.atol:
+            raise ExportError(f"exported {b.card.model_name} differs from PyTorch by {diff:.2e} (max abs diff, limit "
+                              f"{b.atol:g}); not written")
+        b.report.max_abs_diff = max(b.report.max_abs_diff, diff)
+        return out
+
+
+def _with_card(path: Path, kind: str, card: ModelCard) -> Path:
+    """The file at ``path`` with ``card`` as its metadata: rewritten in place (ONNX, TorchScript) or saved beside
+    it (an IR, whose weights OpenVINO may still map)."""
+    if kind == "onnx":
+        import onnx
+
+        proto = onnx.load(str(path))
+        _set_card(proto, card)
+        onnx.save(proto, str(path))
+        return path
+    if kind == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        model.set_rt_info(card.to_json(), META_KEY)
+        final = path.with_name(f"final-{path.name}")
+        ov.save_model(model, str(final), compress_to_fp16=False)
+        return final
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit "deprecated": still what libtorch loads
+        module = torch.jit.load(str(path), map_location="cpu")
+        torch.jit.save(module, str(path), _extra_files={f"{META_KEY}.json": card.to_json()})
+    return path
+
+
+def _deploy(build: _Build, kind: str | None, precision: str, gate: Gate, batch: int, out: Path) -> Path:
+    """Measure the candidates of ``precision`` (cnnzoo.precision.candidates_for), keep the fastest that passes its
+    gate, write its file at ``out`` (its suffix set by the file kind) with the deploy record in its card."""
+    threads = default_threads()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.tmp-") as tmp:
+        files = _Files(Path(tmp), build)
+
+        def opener(c: Candidate):
+            return lambda: open_runtime(files.path(c.kind, c.precision), c.backend, threads=threads,
+                                        precision=c.precision)
+
+        candidates = candidates_for(kind, precision)
+        trials = run_trials([(c, opener(c)) for c in candidates], build.images, gate, (1, batch))
+        try:
+            chosen = choose(trials, precision)
+        except UserError as err:
+            raise ExportError(str(err)) from None
+        record = Deployment.from_trials(chosen, trials, gate, build.images.source, threads)
+        card = record.on(build.card if chosen.precision != "int8" else int8_card(build.card))
+        written = _with_card(files.path(chosen.kind, chosen.precision), chosen.kind, card)
+        final = out
+        if kind is None and out.suffix != SUFFIXES[chosen.kind]:  # the winner's kind names the file
+            final = out.with_suffix(SUFFIXES[chosen.kind]) if out.suffix in KINDS else out.with_name(
+                out.name + SUFFIXES[chosen.kind])
+        if chosen.kind == "openvino":
+            os.replace(written.with_suffix(".bin"), final.with_suffix(".bin"))
+        os.replace(written, final)
+    build.report.deploy, build.report.path, build.report.format = record, final, f"{chosen.kind}-{chosen.precision}"
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def export(
     source: str | Path | Checkpoint | nn.Module,
     out: str | Path | None = None,
-    format: str = "onnx",
+    format: str | None = None,
     *,
     opset: int = 17,
     dynamic_batch: bool = True,
@@ -396,22 +535,37 @@ def export(
     max_drop: float = 1.0,
     atol: float = 1e-4,
     card: ModelCard | None = None,
+    precision: str = "fp32",
+    gate: Gate | None = None,
+    batch: int = DEFAULT_BATCH,
+    val_images: int | None = 500,
 ) -> ExportReport:
     """Export a checkpoint (path or loaded) or a network to ``out`` and check it against PyTorch.
 
     Args:
         source: a cnnzoo checkpoint path or Checkpoint, or an nn.Module (then ``input_size`` or ``card`` is needed).
         out: output file; default beside the checkpoint: ``.onnx``, ``.torchscript.pt`` or ``.xml`` (+ ``.bin``).
-        format: "onnx", "torchscript" or "openvino".
+        format: "onnx", "torchscript" or "openvino"; None: "onnx", or for a reduced precision the kind of file the
+            chosen configuration runs (``out``'s suffix, .onnx or .xml, restricts it).
         opset: ONNX opset (onnx and openvino).
         dynamic_batch: a dynamic batch axis (default) or a static batch of 1.
         input_size: export at another input size than the checkpoint's: "3x160x160", "160x160" or "160" (the
             model's channels), or a sequence; the card's resize keeps its ratio to the crop.
         method: "trace" or "script" (torchscript).
-        quantize: "int8" for ONNX Runtime static quantisation (onnx only).
-        calib_data, val_data: ImageFolder directories of training images (calibration) and the validation split.
+        quantize: "int8" for ONNX Runtime static quantisation (onnx only; the older spelling of precision="int8",
+            gated by max_drop alone).
+        calib_data, val_data: ImageFolder directories of training images (calibration) and the validation split;
+            for ``precision``, without val_data every 5th training image is held out for the gate.
         calib_images: how many training images calibrate the activation ranges.
-        max_drop: refuse the int8 export when validation top-1 drops by more than this many points.
+        max_drop: refuse the ``quantize`` export when validation top-1 drops by more than this many points.
+        precision: "fp32" (the plain export), "bf16", "int8" or "auto": measure the configurations of that
+            precision (all of them for auto) on this machine, gate each reduced precision on the validation
+            images, and write the fastest that passes with its deploy record (cnnzoo.precision.Deployment) in the
+            card; the report shows every alternative and its reason.
+        gate: the accuracy each reduced precision must keep (default cnnzoo.precision.Gate(): agreement with fp32
+            at least 99.5%, top-1 drop at most 0.5 points).
+        batch: the service's batch size; speed is measured at batch 1 and this.
+        val_images: at most this many validation images judge the gate.
         atol: the largest max abs difference from PyTorch's logits accepted.
         card: the model card to embed (default: the checkpoint's; for a bare network: classes 0..K-1 and the
             photo contract).
@@ -420,22 +574,33 @@ def export(
         ExportError: the network cannot be exported, or the exported model differs from PyTorch by more than atol.
     """
     start = time.perf_counter()
-    if format not in FORMATS:
+    precision = check_precision(precision)
+    if format is not None and format not in FORMATS:
         raise UserError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     if method not in METHODS:
         raise UserError(f"unknown TorchScript method {method!r}; choose from {', '.join(METHODS)}")
     if quantize not in (None, "int8"):
         raise UserError(f"unknown quantisation {quantize!r}; only int8 is supported")
-    if quantize and format != "onnx":
+    if quantize and (format or "onnx") != "onnx":
         raise UserError("--quantize int8 is available for --format onnx only")
+    if quantize and precision != "fp32":
+        raise UserError("--quantize int8 is the older spelling of --precision int8; give one of them")
+    if precision != "fp32" and calib_data is None:
+        raise UserError(f"--precision {precision} needs training images to calibrate and check it: --data DIR")
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
     _check_numbers(opset, calib_images, max_drop, atol)
+    gate = gate or Gate()
+    kind = format if format or precision == "fp32" else KINDS.get(Path(out).suffix if out else "")
+    format = format or kind or "onnx"  # the file kind a default name and the checks below assume
     model, card, stem = _resolve(source, input_size, card)
     size = card.input.size
     if out is None:
         base = Path.cwd()
         if isinstance(source, (str, os.PathLike)):  # beside the checkpoint, or inside the run folder given
             base = Path(source) if Path(source).is_dir() else Path(source).parent
-        out = base / (stem + ("-int8" if quantize else "") + SUFFIXES[format])
+        tag = "-int8" if quantize else "" if precision in ("fp32", "auto") else f"-{precision}"
+        out = base / (stem + tag + SUFFIXES[format])
     out = _check_out(Path(out), format, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch_sizes = (1, 2) if dynamic_batch else (1,)
@@ -445,6 +610,12 @@ def export(
     except RuntimeError as err:
         raise ExportError(f"{card.model_name} does not run at input {size}: {_first_line(err)}") from None
     report = ExportReport(out, format + ("-int8" if quantize else ""), size, 0.0, batch_sizes, 0.0)
+    if precision != "fp32":
+        images = load_gate_images(calib_data, val_data, card, calib_images, val_images)
+        build = _Build(model, card, opset, dynamic_batch, inputs, ref, atol, method, images, report)
+        _deploy(build, kind, precision, gate, batch, out)
+        report.seconds = time.perf_counter() - start
+        return report
     # Written beside the target and renamed only once checked; OpenVINO's .bin travels with its .xml.
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     try:

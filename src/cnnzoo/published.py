@@ -126,7 +126,9 @@ PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "inception_v1": (None, 89.93, "Szegedy et al. 2015 (arXiv:1409.4842), Table 5, 1 model, 1 crop "
                                   "(top-5 error 10.07 %; no top-1 reported)"),
     "inception_bn": (74.8, 92.2, _INCEPTION_V4.format("BN-Inception", 25.2, 7.8)),
-    "inception_v4": (80.0, 95.0, _INCEPTION_V4.format("Inception-v4", 20.0, 5.0)),
+    # cnnzoo's Inception-v4 follows the released TF-slim checkpoint (see cnnzoo.models.inception).
+    "inception_v4": (80.2, 95.2, "TF-Slim pre-trained models table (tensorflow/models, research/slim README), "
+                                 "Inception V4 (single crop)"),
     # cnnzoo's Inception-ResNet-v2 is the released TF-slim model (see cnnzoo.models.inception), which Keras ships.
     "inception_resnet_v2": (80.3, 95.3, "Keras applications table, InceptionResNetV2 (the released TF-slim weights)"),
     # The Keras applications these networks are built after (their docstrings name them).

@@ -8,10 +8,13 @@
 An exported file carries the model card (cnnzoo.artifact.ModelCard: model name, classes, the input contract) as a
 JSON string under META_KEY: in the ONNX model's metadata_props, in the OpenVINO IR's rt_info, or in a TorchScript
 archive's extra file. So the file alone is enough to predict, and every runtime preprocesses an image with the
-same cnnzoo.images.preprocess under the same InputSpec as training-time validation did. "auto" picks the fastest runtime available on CPU: ONNX Runtime, then OpenVINO for
-.onnx files. benchmarks/inference.py decides the order: in f32 ONNX Runtime was the fastest or within 3% of
-OpenVINO on every row (lenet5, resnet18, mobilenet_v2, efficientnet_b0 at batch 1 and 16), and OpenVINO was up
-to 2x slower on the smallest networks, where its per-call overhead dominates.
+same cnnzoo.images.preprocess under the same InputSpec as training-time validation did.
+
+Backend and precision "auto": an export made with ``--precision`` carries a deploy record (cnnzoo.precision.Deployment:
+the fastest backend x precision that passed its accuracy gate on the export machine), and "auto" runs that choice.
+Without a record, "auto" is fp32 on the fastest runtime available on CPU: ONNX Runtime, then OpenVINO for .onnx
+files (in fp32 ONNX Runtime was the fastest or within 3% of OpenVINO on every row of benchmarks/inference.py, and
+OpenVINO up to 2x slower on the smallest networks, where its per-call overhead dominates).
 
 Importing this module does not import torch, and neither do the ONNX Runtime and OpenVINO paths: a service
 running an .onnx starts fast and small. Only TorchRuntime imports torch, when it is opened.
@@ -27,6 +30,7 @@ import threading
 import warnings
 import zipfile
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +41,7 @@ from cnnzoo.artifact import ModelCard
 from cnnzoo.choices import BACKENDS
 from cnnzoo.errors import UserError
 from cnnzoo.images import preprocess
+from cnnzoo.precision import PRECISION_CHOICES, PRECISIONS, Deployment, bf16_refusal, check_precision, stored_precision
 
 __all__ = [
     "META_KEY",
@@ -51,13 +56,14 @@ __all__ = [
     "top_classes",
     "default_threads",
     "PRECISIONS",
+    "PRECISION_CHOICES",
 ]
 
 META_KEY = "cnnzoo"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-# OpenVINO execution precision: "f32" (default, matches PyTorch within 1e-4) or "auto" (OpenVINO's own choice:
-# bf16 on CPUs with AMX/AVX512-BF16, about twice as fast there, logits within ~1e-2).
-PRECISIONS = ("f32", "auto")
+# The precisions each backend computes (cnnzoo.precision): ONNX Runtime's CPU provider has no bf16 kernels, and
+# int8 on torch would need its own quantisation flow; int8 runs on a quantised export.
+_RUNS_AT = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": PRECISIONS}
 _PACKAGES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -129,9 +135,14 @@ class Runtime(ABC):
         self.spec = card.input
         self.input_size: tuple[int, int, int] = card.input.size
         self.fixed_batch: int | None = None  # set by exports with a static batch axis: inputs go in chunks of it
+        self.precision = "fp32"  # what it computes in: set by each backend from the precision asked (_precision)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r}, model={self.model_name}, classes={len(self.classes)})"
+        return (f"{type(self).__name__}({self.path!r}, model={self.model_name}, classes={len(self.classes)}, "
+                f"precision={self.precision})")
+
+    def _set_precision(self, asked: str) -> None:
+        self.precision = _precision(self.card, self.backend, asked, self.path)
 
     @abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -179,7 +190,7 @@ class TorchRuntime(Runtime):
 
     backend = "torch"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, precision: str = "auto"):
         torch = _import("torch")
         self._torch = torch
         if _is_torchscript(path):
@@ -201,15 +212,22 @@ class TorchRuntime(Runtime):
             self.model = build_model(ckpt)
             self.channels_last = bool(getattr(self.model, "channels_last", False))
         super().__init__(path, card)
+        self._set_precision(precision)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _autocast(self, device: str):
+        # bf16: autocast, as training's --amp does (bfloat16 on CPU, float16 on CUDA); fp32: nothing
+        if self.precision != "bf16":
+            return nullcontext()
+        return self._torch.autocast(device, dtype=self._torch.float16 if device == "cuda" else self._torch.bfloat16)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         x = torch.from_numpy(batch)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(x.device.type):
             out = self.model(x)
         return out.float().numpy()
 
@@ -228,7 +246,7 @@ class OnnxRuntime(Runtime):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "auto"):
         try:
             self.session = onnx_session(path, threads)
         except UserError:
@@ -237,6 +255,7 @@ class OnnxRuntime(Runtime):
             raise UserError(f"{path}: not a loadable ONNX model ({str(err).strip().splitlines()[0][:200]})") from None
         card = ModelCard.from_json(self.session.get_modelmeta().custom_metadata_map.get(META_KEY), str(path))
         super().__init__(path, card)
+        self._set_precision(precision)  # an int8 file is ONNX Runtime's QDQ graph: it runs as it is
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         _check_input_shape(inp.shape, self.input_size, str(path))
@@ -262,9 +281,7 @@ class OpenVINORuntime(Runtime):
 
     backend = "openvino"
 
-    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "f32"):
-        if precision not in PRECISIONS:
-            raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "auto"):
         ov = _import("openvino")
         core = ov.Core()
         try:
@@ -273,6 +290,7 @@ class OpenVINORuntime(Runtime):
             kind = "OpenVINO IR" if str(path).endswith(".xml") else "ONNX model"
             raise UserError(f"{path}: not a loadable {kind} ({str(err).strip().splitlines()[0][:200]})") from None
         super().__init__(path, ModelCard.from_json(_ov_meta(model), str(path)))
+        self._set_precision(precision)
         shape = model.inputs[0].get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
         _check_input_shape(dims, self.input_size, str(path))
@@ -284,11 +302,8 @@ class OpenVINORuntime(Runtime):
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads or default_threads(),
         }
-        if precision == "f32":
-            # Not the bf16 OpenVINO picks by itself on CPUs with AMX/AVX512-BF16: about 2x faster there, but
-            # logits move by ~1e-2, and predictions must match PyTorch's unless the caller opts in.
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.precision = precision
+        if _OV_HINTS[self.precision]:
+            config["INFERENCE_PRECISION_HINT"] = _OV_HINTS[self.precision]
         self.compiled = core.compile_model(model, "CPU", config)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time; a service may call from threads
@@ -299,6 +314,50 @@ class OpenVINORuntime(Runtime):
             # copied before the request is reused.
             self._request.infer({0: batch}, share_inputs=True, share_outputs=True)
             return self._request.get_output_tensor(0).data.copy()
+
+
+# OpenVINO's CPU plugin computes in bf16 by itself on CPUs with AMX/AVX512-BF16 (logits move by ~1e-2): fp32 asks
+# for f32 explicitly. An int8 IR (NNCF) or QDQ graph runs its quantised layers in int8 whatever the hint; the rest
+# in OpenVINO's fastest float type, which is what the gate measured on this machine.
+_OV_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": None}
+
+
+def _precision(card: ModelCard, backend: str, asked: str, source: str) -> str:
+    """The precision a runtime computes in. "auto": the deploy record's when it was chosen for this backend (fp32
+    where this machine cannot compute a recorded bf16), else the file's own: int8 for a quantised export, fp32
+    otherwise. An explicit precision must be one the backend, the file and the machine can compute."""
+    asked = check_precision(asked)
+    record, stored = Deployment.of(card), stored_precision(card)
+    if asked == "auto":
+        wanted = record.precision if record is not None and record.backend == backend else stored
+        refusal = bf16_refusal(backend) if wanted == "bf16" else None
+        if refusal:
+            warnings.warn(f"{source}: the recorded bf16 runs as fp32 on this machine ({refusal})", stacklevel=3)
+            return "fp32"
+        return wanted
+    if asked not in _RUNS_AT[backend]:
+        raise UserError(f"the {backend} backend computes {' and '.join(_RUNS_AT[backend])}, not {asked}")
+    if stored == "int8" and asked != "int8":
+        raise UserError(f"{source} is quantised to int8 and runs only as int8; export the checkpoint again for {asked}")
+    if asked == "int8" and stored != "int8":
+        raise UserError(f"{source} holds float weights; int8 needs a quantised export "
+                        "(cnnzoo export CKPT --precision int8 --data DIR)")
+    refusal = bf16_refusal(backend) if asked == "bf16" else None
+    if refusal:
+        raise UserError(f"bf16 on {backend} refused: {refusal}")
+    return asked
+
+
+def _recorded_backend(path: Path) -> str | None:
+    """The backend an .onnx file's deploy record chose, read from its metadata without building a session."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        record = Deployment.of(ModelCard.from_json(props.get(META_KEY), str(path)))
+    except Exception:  # unreadable or without a card: the runtime's own loader names the problem
+        return None
+    return record.backend if record is not None else None
 
 
 def _ov_meta(model) -> str | None:
@@ -333,42 +392,45 @@ _KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "onnx": "an ONNX model", "o
 
 
 def open_runtime(
-    path: str | Path, backend: str = "auto", *, threads: int | None = None, precision: str = "f32"
+    path: str | Path, backend: str = "auto", *, threads: int | None = None, precision: str = "auto"
 ) -> Runtime:
-    """Load a model file on a backend.
+    """Load a model file on a backend, at a precision.
 
     Args:
         path: a cnnzoo checkpoint (.pt, or a run folder), a TorchScript export (.pt), an .onnx or an OpenVINO .xml.
-        backend: "torch", "onnxruntime", "openvino", or "auto": the fastest installed backend for the file on CPU
-            (OpenVINO, then ONNX Runtime, for exported files; torch for a checkpoint).
+        backend: "torch", "onnxruntime", "openvino", or "auto": the backend the file's deploy record chose (see
+            cnnzoo.precision), else the fastest installed backend for the file on CPU that computes the precision
+            asked (ONNX Runtime, then OpenVINO, for .onnx; torch for a checkpoint).
         threads: intra-op threads for ONNX Runtime and OpenVINO (default: default_threads()).
-        precision: OpenVINO's execution precision, "f32" or "auto" (see PRECISIONS); other backends run f32.
+        precision: "fp32", "bf16", "int8" or "auto": the deploy record's precision when the file has one and runs
+            on its backend, else the file's own (int8 for a quantised export, fp32 otherwise).
 
     Raises:
         UserError: a missing file, an unknown file type, a backend that cannot run this kind of file or is not
-            installed, a file without cnnzoo metadata.
+            installed, a file without cnnzoo metadata, a precision the backend, the file or this CPU cannot compute.
     """
     path = Path(path)
     if backend not in ("auto", *BACKENDS):
         raise UserError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    precision = check_precision(precision)
     if not path.exists():
         raise UserError(f"no such model file: {path}")
     kind = _kind(path)
     candidates = _RUNS_ON[kind]
     if backend == "auto":
-        installed = [b for b in candidates if _available(b)]
+        installed = [b for b in candidates if _available(b) and precision in ("auto", *_RUNS_AT[b])]
         if not installed:
-            raise UserError(f"{path} needs one of {', '.join(candidates)}, and none is installed")
-        backend = installed[0]
+            raise UserError(f"{path} needs one of {', '.join(candidates)}, and none is installed"
+                            + ("" if precision == "auto" else f" that computes {precision}"))
+        recorded = _recorded_backend(path) if kind == "onnx" and precision == "auto" else None
+        backend = recorded if recorded in installed else installed[0]
     elif backend not in candidates:
         hint = f"use --backend {' or '.join(candidates)}"
         if kind == "checkpoint":
             hint = "export it first (cnnzoo export CKPT --format onnx), or use --backend torch"
         raise UserError(f"the {backend} backend cannot run {path}, which is {_KIND_NAMES[kind]}: {hint}")
     if backend == "torch":
-        return TorchRuntime(path)
+        return TorchRuntime(path, precision)
     if backend == "onnxruntime":
-        return OnnxRuntime(path, threads)
+        return OnnxRuntime(path, threads, precision)
     return OpenVINORuntime(path, threads, precision)
