@@ -5,30 +5,88 @@ The format is fixed in docs/interfaces.md. The card (cnnzoo.artifact.ModelCard) 
 predict, explain, export and serve need (model name and constructor arguments, class names, the input contract),
 so none of them takes any other argument; resumable checkpoints also carry ``train_state`` in their record.
 Version-1 checkpoints (flat input_size / mean / std / resize_size keys) still load.
+
+Integrity: every checkpoint records ``state_dict_sha256`` (tensor_digest: the weights' names, dtypes, shapes and
+bytes, in key order) and loading recomputes it; before unpickling, the zip archive's CRCs are checked as well, so a
+file whose bytes were overwritten is a CheckpointError rather than a network that predicts garbage. Checkpoints
+written before the digest existed are still read (their CRCs are still checked).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from cnnzoo.artifact import ArtifactError, ModelCard
+from cnnzoo.errors import UserError
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "build_model",
-           "write_class_indices"]
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "DiskFullError", "save_checkpoint", "load_checkpoint",
+           "build_model", "tensor_digest", "write_class_indices"]
 
 FORMAT, VERSION = "cnnzoo-checkpoint", 2
 READABLE_VERSIONS = (1, 2)
 _V1_CARD_KEYS = ("model_name", "model_kwargs", "classes", "input_size", "mean", "std", "resize_size", "appended_fc")
+DIGEST_KEY = "state_dict_sha256"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
 
 
 class CheckpointError(ArtifactError):
     """A checkpoint file that is missing, truncated, corrupt or not a cnnzoo checkpoint."""
+
+
+class DiskFullError(UserError):
+    """No space left to write a file; the message names it and the space it needs. The previous file is kept."""
+
+
+def tensor_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state_dict in key order: each tensor's name, dtype, shape and bytes (so a renamed, reshaped
+    or overwritten tensor changes it)."""
+    h = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _tensor_bytes(obj) -> int:
+    """About how many bytes the tensors inside a (nested) checkpoint payload take on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _disk_full(path: Path, payload: dict) -> DiskFullError:
+    free = shutil.disk_usage(path.parent).free
+    return DiskFullError(f"no space left on the device to write {path}: it needs about "
+                         f"{_tensor_bytes(payload) / 1e6:.1f} MB, {free / 1e6:.1f} MB are free in {path.parent} "
+                         "(the previous file there is kept)")
+
+
+def _check_archive(path: Path) -> None:
+    """Every member of the checkpoint's zip archive against its CRC: torch.load itself never checks them."""
+    if not zipfile.is_zipfile(path):
+        return  # truncated (no central directory) or torch's legacy format: torch.load judges those
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt archive: {str(err)[:200]})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupt: {bad} fails its CRC check (bytes were overwritten or damaged)")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -64,14 +122,23 @@ def save_checkpoint(path: str | Path, card: ModelCard, state_dict: dict, **recor
     """Write a checkpoint to ``path`` atomically: a crash at any moment leaves either the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, "card": card.to_dict(), "state_dict": state_dict, **record}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    payload = {"format": FORMAT, "version": VERSION, "card": card.to_dict(), "state_dict": state_dict,
+               DIGEST_KEY: tensor_digest(state_dict), **record}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise (_disk_full(path, payload) if err.errno in NO_SPACE else err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in NO_SPACE:
+            raise _disk_full(path, payload) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -86,6 +153,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         path = path / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
+    _check_archive(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, forbidden global: all mean "not a usable checkpoint"
@@ -99,6 +167,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state = raw.pop("state_dict", None)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state_dict")
+    digest = raw.pop(DIGEST_KEY, None)  # absent from checkpoints written before it was recorded
+    if digest is not None and digest != tensor_digest(state):
+        raise CheckpointError(f"{path} is corrupt: its weights differ from the digest recorded when it was saved")
     if raw["version"] == 1:
         card = ModelCard.from_dict({k: raw.pop(k) for k in _V1_CARD_KEYS if k in raw}, str(path))
         card = ModelCard(card.model_name, card.model_kwargs, card.classes, card.input, card.appended_classes,
@@ -116,13 +187,19 @@ def build_model(source: Checkpoint | ModelCard, state_dict: dict | None = None) 
         CheckpointError: the card names constructor arguments the network does not take, the weights do not fit
             it, or the class names do not match its outputs.
     """
-    from cnnzoo.registry import create_model
+    from cnnzoo.registry import create_model, model_info
 
     card, state = (source.card, source.state_dict) if isinstance(source, Checkpoint) else (source, state_dict)
+    in_chans = card.model_kwargs.get("in_chans", model_info(card.model_name).input_size[0])
+    if in_chans != card.input.channels:
+        raise CheckpointError(f"the model card builds {card.model_name} for {in_chans}-channel input but describes "
+                              f"{card.input.channels}-channel images")
     try:
         model = create_model(card.model_name, **card.model_kwargs)
-    except TypeError as err:
-        raise CheckpointError(f"the model card's constructor arguments do not fit {card.model_name}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:  # unknown or out-of-range constructor arguments
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"the model card's constructor arguments do not fit {card.model_name}: {reason}") \
+            from None
     if card.appended_classes:
         model.append_classifier(card.appended_classes)
     if state is not None:

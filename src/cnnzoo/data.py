@@ -24,12 +24,15 @@ import json
 import math
 import pickle
 import shutil
+import struct
 import sys
 import tarfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ from cnnzoo.choices import DATASETS
 from cnnzoo.artifact import InputSpec, ModelCard, photo_spec, resolve_input_size
 from cnnzoo.errors import UserError
 from cnnzoo.images import fit_images, open_image, preprocess, scan_image_folder
+from cnnzoo.options import DATA_OPTIONS, check
 
 __all__ = ["DATASETS", "Data", "TensorSplit", "FolderSplit", "load_data", "load_data_for", "split_data", "mix_seed"]
 
@@ -342,6 +346,7 @@ def _tensor_data(name: str, classes: list[str], train: tuple[np.ndarray, np.ndar
     spec = InputSpec(channels, height, width, mean, std, kind.resize, max(1, round(kind.framing * min(height, width))))
 
     def split(part: str, arrays: tuple[np.ndarray, np.ndarray]) -> TensorSplit:
+        _check_pair(*arrays, len(classes), f"{name} {part} split")  # the readers name files; this is the last gate
         x, y = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
         return TensorSplit(x, y.long(), f"{name}[{part}]", kind.pad, kind.flip, kind.affine)
 
@@ -362,6 +367,10 @@ def _digits() -> tuple[list[str], tuple, tuple]:
 
 
 def _find(root: Path, names: list[str], what: str) -> Path:
+    """The first of ``names`` at root, in a folder below it or in its raw/ (torchvision's layout); root itself
+    when it is such a file (an archive passed as --data-dir)."""
+    if root.is_file() and root.name in names:
+        return root
     for base in (root, *sorted(p for p in root.glob("*") if p.is_dir()), *sorted(root.glob("*/raw"))):
         for name in names:
             if (base / name).exists():
@@ -380,70 +389,221 @@ def _torchvision_download(name: str, root: Path) -> None:
         raise UserError(f"could not download {name} into {root}: {str(err).splitlines()[0][:200]}") from None
 
 
+class _CifarLayout(NamedTuple):
+    """Where the python-version files of a CIFAR dataset are and which keys they use."""
+
+    folder: str  # the archive's top folder
+    archive: str
+    batches: list[str]  # training batches, then the test batch
+    meta: str
+    labels: bytes  # key of the label list in each batch
+    names: bytes  # key of the class-name list in the meta file
+    classes: int
+
+
+CIFAR = {
+    "cifar10": _CifarLayout("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "batches.meta", b"labels",
+                            b"label_names", 10),
+    "cifar100": _CifarLayout("cifar-100-python", "cifar-100-python.tar.gz", ["train", "test"], "meta",
+                             b"fine_labels", b"fine_label_names", 100),
+}
+
+
+def _numpy_array_globals() -> dict[tuple[str, str], object]:
+    """numpy's array and scalar reconstruction, under the module names numpy 1.x (numpy.core) and 2.x
+    (numpy._core) write into pickles."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+    found = {"multiarray": {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar},
+             "numeric": {"_frombuffer": numeric._frombuffer}}
+    return {(f"{core}.{module}", name): fn for core in ("numpy.core", "numpy._core")
+            for module, fns in found.items() for name, fn in fns.items()}
+
+
+def _plain_dtype(*args) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # an object array would unpickle arbitrary objects as its items
+        raise pickle.UnpicklingError(f"object arrays ({dtype}) are not allowed")
+    return dtype
+
+
+def _byte_string(kind: type):
+    def make(*args):
+        if args and isinstance(args[0], int):  # bytes(n) allocates n bytes: refuse a size from a file
+            raise pickle.UnpicklingError(f"{kind.__name__}(size) is not allowed")
+        return kind(*args)
+    return make
+
+
+def _latin1(text: str, encoding: str = "utf-8") -> bytes:
+    # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1"); no other codec is needed.
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+    return text.encode("latin-1")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and plain numpy arrays, nothing else: the globals a CIFAR batch needs (numpy's
+    array and scalar reconstruction under its 1.x and 2.x module names, the dtype, and Python 2/3 byte strings).
+    Any other global, the way a pickle runs code, is refused."""
+
+    def find_class(self, module: str, name: str):
+        allowed = _CIFAR_GLOBALS.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR batch holds only arrays, lists and "
+                                         "bytes, and this global could run code")
+        return allowed
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+_CIFAR_GLOBALS = {
+    **_numpy_array_globals(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _plain_dtype,
+    ("_codecs", "encode"): _latin1,
+    **{(builtins, kind.__name__): _byte_string(kind) for builtins in ("builtins", "__builtin__")
+       for kind in (bytes, bytearray)},
+}
+
+
+def _unpickle(f, source: str) -> object:
+    """One CIFAR python-version file through the restricted unpickler; any failure is one line naming the file."""
+    try:
+        return _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # a refused global, a truncated or malformed pickle: all mean "not a CIFAR file"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"{source} is not a readable CIFAR file: {reason}") from None
+
+
+def _as_labels(values: object) -> np.ndarray:
+    """A label list as an array; anything but a flat list of numbers becomes an object array, which is refused."""
+    try:
+        return np.asarray(values) if isinstance(values, (list, np.ndarray)) else np.asarray(None, dtype=object)
+    except ValueError:  # a ragged list
+        return np.asarray(None, dtype=object)
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, num_classes: int, source: str) -> None:
+    """Images (uint8 N x C x H x W, N >= 1) and labels (N integers in 0 .. num_classes - 1) that belong together:
+    a mismatch would train on shifted pairs, a label out of range crash mid-training."""
+    if images.dtype != np.uint8 or images.ndim != 4 or 0 in images.shape:
+        raise UserError(f"{source}: images must be uint8 N x C x H x W with N >= 1, got {images.dtype} "
+                        f"{'x'.join(map(str, images.shape))}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{source}: labels must be a list of integers, got {labels.dtype} "
+                        f"{'x'.join(map(str, labels.shape)) or 'scalar'}")
+    if len(images) != len(labels):
+        raise UserError(f"{source}: {len(images)} images but {len(labels)} labels")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise UserError(f"{source}: label {labels[bad[0]]} (index {bad[0]}) is outside 0..{num_classes - 1} "
+                        f"({num_classes} classes)")
+
+
+def _cifar_batch(part: object, layout: _CifarLayout, source: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(part, dict) or b"data" not in part or layout.labels not in part:
+        raise UserError(f"{source}: not a CIFAR batch (a dict with b'data' and {layout.labels!r})")
+    data = part[b"data"]
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise UserError(f"{source}: data must be an N x 3072 array, got {type(data).__name__} "
+                        f"{getattr(data, 'shape', '')}")
+    images, labels = data.reshape(-1, 3, 32, 32), _as_labels(part[layout.labels])
+    _check_pair(images, labels, layout.classes, source)
+    return images, labels.astype(np.int64)
+
+
+def _cifar_classes(meta: object, layout: _CifarLayout, source: str) -> list[str]:
+    names = meta.get(layout.names) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != layout.classes or \
+            not all(isinstance(n, (bytes, str)) for n in names) or len(set(names)) != len(names):
+        raise UserError(f"{source}: {layout.names!r} must list {layout.classes} distinct class names")
+    return [n.decode(errors="replace") if isinstance(n, bytes) else n for n in names]
+
+
 def _cifar(name: str, root: Path) -> tuple[list[str], tuple, tuple]:
-    folder, archive = ("cifar-10-batches-py", "cifar-10-python.tar.gz") if name == "cifar10" else \
-        ("cifar-100-python", "cifar-100-python.tar.gz")
-    found = root if (root / ("data_batch_1" if name == "cifar10" else "train")).exists() else \
-        _find(root, [folder, archive], f"{name} archive or folder")
-    files = ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
-    meta_name, label_key, names_key = ("batches.meta", b"labels", b"label_names") if name == "cifar10" else \
-        ("meta", b"fine_labels", b"fine_label_names")
-
-    def read(member) -> dict:
-        # The python-version archive is pickled dicts of bytes and numpy arrays: the format itself, read as
-        # torchvision reads it (only files the user pointed us at; checkpoints never go through pickle).
-        return pickle.load(member, encoding="bytes")
-
-    parts: dict[str, dict] = {}
+    layout = CIFAR[name]
+    found = root if (root / layout.batches[0]).exists() else \
+        _find(root, [layout.folder, layout.archive], f"{name} archive or folder")
+    wanted = layout.batches + [layout.meta]
+    # The python-version files are pickles: read through _ArrayUnpickler, which admits numpy arrays and nothing
+    # that could run code; then every batch's shape, dtype, label count and range are checked.
+    parts: dict[str, object] = {}
     if found.is_file():
         try:
             with tarfile.open(found) as tar:
                 for member in tar.getmembers():
                     base = Path(member.name).name
-                    if base in files + [meta_name]:
-                        parts[base] = read(tar.extractfile(member))
-        except (tarfile.TarError, EOFError, pickle.UnpicklingError, OSError) as err:
+                    if base in wanted and member.isfile():
+                        parts[base] = _unpickle(tar.extractfile(member), f"{found}:{member.name}")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise UserError(f"{found} is not a readable {name} archive: {err}") from None
     else:
-        for base in files + [meta_name]:
-            if not (found / base).exists():
+        for base in wanted:
+            if not (found / base).is_file():
                 raise UserError(f"{found} lacks {base}: not a complete {name} folder")
             with open(found / base, "rb") as f:
-                parts[base] = read(f)
-    missing = [f for f in files + [meta_name] if f not in parts]
+                parts[base] = _unpickle(f, str(found / base))
+    missing = [f for f in wanted if f not in parts]
     if missing:
         raise UserError(f"{found} lacks {', '.join(missing)}: not a complete {name} archive")
+    classes = _cifar_classes(parts[layout.meta], layout, f"{found}:{layout.meta}")
 
     def arrays(keys: list[str]):
-        x = np.concatenate([parts[k][b"data"] for k in keys]).reshape(-1, 3, 32, 32).astype(np.uint8)
-        y = np.concatenate([np.asarray(parts[k][label_key]) for k in keys]).astype(np.int64)
-        return x, y
+        pairs = [_cifar_batch(parts[k], layout, f"{found}:{k}") for k in keys]
+        return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
 
-    classes = [n.decode() for n in parts[meta_name][names_key]]
-    return classes, arrays(files[:-1]), arrays(files[-1:])
+    return classes, arrays(layout.batches[:-1]), arrays(layout.batches[-1:])
 
 
-def _read_idx(path: Path) -> np.ndarray:
+IDX_UBYTE = 0x08  # IDX type code of unsigned bytes: MNIST and Fashion-MNIST store images and labels so
+MAX_IDX_BYTES = 1 << 31  # far above MNIST's 47 MB; a header claiming more is a broken or hostile file
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``ndim`` dimensions (3: images, 1: labels), read no further than its
+    header says: a wrong magic, type, rank, size or a truncated or overlong body is one line naming the file."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-        ndim = raw[3]
-        shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()  # writable
-    except (OSError, ValueError, IndexError, EOFError) as err:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0":
+                raise ValueError("no IDX magic number")
+            if head[2] != IDX_UBYTE or head[3] != ndim:
+                raise ValueError(f"type 0x{head[2]:02x} with {head[3]} dimension(s), expected unsigned bytes "
+                                 f"(0x{IDX_UBYTE:02x}) with {ndim}")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError("truncated header")
+            shape = struct.unpack(f">{ndim}I", dims)
+            size = math.prod(shape)
+            if size == 0 or size > MAX_IDX_BYTES:
+                raise ValueError(f"implausible shape {'x'.join(map(str, shape))}")
+            raw = f.read(size)
+            if len(raw) < size:
+                raise ValueError(f"truncated: {len(raw)} of {size} data bytes")
+            if f.read(1):
+                raise ValueError(f"longer than its header says ({size} data bytes)")
+    except (OSError, EOFError, ValueError, zlib.error) as err:
         raise UserError(f"{path} is not a readable IDX file: {err}") from None
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()  # writable
 
 
 def _mnist(name: str, root: Path) -> tuple[list[str], tuple, tuple]:
-    def load(stem: str) -> np.ndarray:
-        return _read_idx(_find(root, [stem, stem + ".gz"], f"{name} file {stem}"))
+    classes = [str(i) for i in range(10)] if name == "mnist" else FASHION_CLASSES
 
     def split(prefix: str):
-        x = load(f"{prefix}-images-idx3-ubyte")[:, None]  # 28 x 28: KINDS pads them onto the input
-        return x, load(f"{prefix}-labels-idx1-ubyte").astype(np.int64)
+        paths = [_find(root, [stem, stem + ".gz"], f"{name} file {stem}")
+                 for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")]
+        x = _read_idx(paths[0], 3)[:, None]  # 28 x 28: KINDS pads them onto the input
+        y = _read_idx(paths[1], 1).astype(np.int64)
+        _check_pair(x, y, len(classes), f"{paths[0]} and {paths[1].name}")
+        return x, y
 
-    classes = [str(i) for i in range(10)] if name == "mnist" else FASHION_CLASSES
     return classes, split("train"), split("t10k")
 
 
@@ -526,6 +686,7 @@ def load_data(name: str, data_dir: str | Path | None = None, *, download: bool =
                "limit": limit, "num_classes": num_classes, "fake_samples": fake_samples}
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    check(options, DATA_OPTIONS)  # --limit 0 would mean "no limit", --limit -5 "drop 5 images"
     if name == "digits":
         data = _tensor_data(name, *_digits(), input_size=input_size, options=options)
     elif name == "fake":
@@ -545,7 +706,7 @@ def load_data(name: str, data_dir: str | Path | None = None, *, download: bool =
                 _torchvision_download(name, root)
             reader = _cifar if name.startswith("cifar") else _mnist
             data = _tensor_data(name, *reader(name, root), input_size=input_size, options=options)
-    return _limit(data, limit) if limit else data
+    return _limit(data, limit) if limit is not None else data
 
 
 def load_data_for(card: ModelCard, **overrides) -> Data:

@@ -35,6 +35,7 @@ from cnnzoo.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save
 from cnnzoo.data import Data
 from cnnzoo.errors import UserError
 from cnnzoo.evaluation import run_eval
+from cnnzoo.options import TRAIN_OPTIONS, check, check_needs
 from cnnzoo.registry import check_input_size, create_model, model_info
 
 __all__ = ["TrainConfig", "History", "OPTIMIZERS", "SCHEDULES", "FAMILY_DEFAULTS", "NonFiniteLossError",
@@ -79,6 +80,39 @@ class TrainConfig:
     finetune: str = "all"  # "all" | "last:N" | "head": what is trained after init (cnnzoo.transfer)
     new_fc: bool = False  # keep the initial classifier and append Linear(old classes, data classes)
     lr_backbone: float | None = None  # learning rate of everything but the classifier; None: lr
+    force: bool = False  # write into an --out folder that holds an earlier run's files (they are replaced)
+
+    def __post_init__(self):
+        # Every construction and dataclasses.replace passes here, so the Python API is checked like the CLI,
+        # before any data is read or folder made. The ranges are documented in cnnzoo.options.
+        check(vars(self), TRAIN_OPTIONS)
+        check_needs(vars(self))
+        _check_device(self.device)
+
+
+# How many devices of each kind this machine has; other kinds (meta, xpu, ...) are not for training here.
+DEVICE_COUNTS = {
+    "cpu": lambda: 1,
+    "cuda": torch.cuda.device_count,
+    "mps": lambda: int(torch.backends.mps.is_available()),
+}
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse, with one line, a --device that does not parse or is not on this machine (cuda without a GPU)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device; use {', '.join(DEVICE_COUNTS)} or cuda:N") from None
+    count = DEVICE_COUNTS.get(dev.type)
+    if count is None:
+        raise UserError(f"--device {device}: training runs on {', '.join(DEVICE_COUNTS)}")
+    if (dev.index or 0) >= count():
+        kind = dev.type.upper()
+        have = f"this machine has {count()} {kind} device(s)" if count() else f"this machine has no {kind} device"
+        raise UserError(f"--device {device}: {have}")
 
 
 # Family defaults: enough for a first run with no flags to train well. LeNet (sigmoid) on digits: AdamW 1e-2 at
@@ -413,6 +447,20 @@ def _run_dir(config: TrainConfig, model_name: str, data: Data, env: ddp.DistEnv)
     return _pick_run_dir(config, model_name, data)
 
 
+# What a run writes into its folder: any of them there means the folder holds an earlier run.
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "class_indices.json", "curves.png")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be (or become) a folder we can write: not a file, not below a file, not read-only."""
+    existing = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"is below {existing}, which is a file"
+        raise UserError(f"--out {out} {what}; give a folder for the run")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write in {existing} (permission denied)")
+
+
 def _pick_run_dir(config: TrainConfig, model_name: str, data: Data) -> Path:
     restarted = ddp.restart_count() > 0
     if config.resume:
@@ -420,10 +468,13 @@ def _pick_run_dir(config: TrainConfig, model_name: str, data: Data) -> Path:
         return p.parent if p.is_file() else p
     if config.out:
         out = Path(config.out)
-        if restarted and (out / "last.pt").exists():
+        _check_out(out)
+        if restarted:  # the folder this worker group's first attempt made (with or without a last.pt)
             return out
-        if (out / "last.pt").exists() or (out / "best.pt").exists():
-            raise UserError(f"{out} already holds a run; pass --resume {out} to continue it, or another --out")
+        earlier = sorted(p.name for p in out.glob("*") if p.name in RUN_FILES or p.match("last-*.pt"))
+        if earlier and not config.force:
+            raise UserError(f"{out} already holds a run ({', '.join(earlier[:3])}); pass --resume {out} to continue "
+                            "it, --force to replace it, or another --out")
         return out
     base = Path("runs") / f"{model_name}-{data.name}"
     out, n = base, 1

@@ -48,6 +48,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     g.add_argument("--workers", type=int, help="DataLoader workers (imagefolder)")
     g.add_argument("--out", help="run folder (default runs/MODEL-DATA[-N])")
+    g.add_argument("--force", action="store_true", default=None,
+                   help="write into an --out folder that holds an earlier run's files (they are replaced)")
     g.add_argument("--resume", help="run folder or checkpoint to continue exactly")
     g.add_argument("--keep-last", type=int, help="previous last.pt versions kept as fallbacks (default 1)")
     g.add_argument("--max-steps", type=int, help="stop resumably after this many optimizer steps")

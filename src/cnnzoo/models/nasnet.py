@@ -142,8 +142,9 @@ class ScheduledDropPath(DropPath):
 
 
 def _same_padding(size: int, kernel_size: int, stride: int) -> int:
-    # ceil(size / stride) outputs; the ceiling is written with positive operands (ONNX's integer Div truncates)
-    return max(((size + stride - 1) // stride - 1) * stride + kernel_size - size, 0)
+    # ceil(size / stride) outputs. The ceiling is written with positive operands (ONNX's integer Div truncates), and
+    # no max(..., 0) is needed: with kernel_size >= stride the padding is at least kernel_size - stride.
+    return ((size + stride - 1) // stride - 1) * stride + kernel_size - size
 
 
 class PadSame(nn.Module):
@@ -152,6 +153,8 @@ class PadSame(nn.Module):
 
     def __init__(self, kernel_size: int, stride: int, value: float = 0.0):
         super().__init__()
+        if kernel_size < stride:
+            raise UserError(f"PadSame needs kernel_size >= stride, not {kernel_size} < {stride}")
         self.kernel_size, self.stride, self.value = kernel_size, stride, value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,120 @@
+"""The allowed range of every numeric option, written once as tables, and the one check that enforces them.
+
+A value outside its range is refused with one line naming the option and the range ("--warmup must be >= 0, got
+-3"), before anything is built or written: ``TrainConfig.__post_init__`` checks TRAIN_OPTIONS (so the Python API
+is protected as much as the command line) and ``load_data`` checks DATA_OPTIONS. NaN and infinities are never in
+range. Torch-free and dependency-free, so any layer (and `--help`) can import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Integral, Real
+from typing import NamedTuple
+
+from cnnzoo.errors import UserError
+
+__all__ = ["Range", "TRAIN_OPTIONS", "TRAIN_NEEDS", "DATA_OPTIONS", "check", "check_needs", "describe"]
+
+
+class Range(NamedTuple):
+    """The values an option takes: ``low`` .. ``high`` (None: unbounded), ``ends`` says which ends are allowed
+    ("[]" both, "[)" the lower only, "(]" the upper only, "()" neither), ``kind`` is int or float."""
+
+    low: float | None
+    high: float | None
+    ends: str
+    kind: type
+    about: str
+
+
+SEED_MAX = 2**32 - 1  # numpy's np.random.seed takes no more (torch and random would take more)
+
+# TrainConfig's numeric fields (cnnzoo.train); None means "the model family's default" and is not checked here.
+TRAIN_OPTIONS: dict[str, Range] = {
+    "epochs": Range(1, None, "[]", int, "passes over the training set"),
+    "batch_size": Range(1, None, "[]", int, "images per optimizer step, per process"),
+    "eval_batch_size": Range(1, None, "[]", int, "images per evaluation batch"),
+    "lr": Range(0, None, "(]", float, "peak learning rate"),
+    "lr_backbone": Range(0, None, "[]", float, "learning rate of everything but the classifier (0 freezes it)"),
+    "momentum": Range(0, 1, "[)", float, "momentum factor; 1 or more never forgets a gradient and diverges"),
+    "weight_decay": Range(0, None, "[]", float, "L2 / decoupled weight decay; negative decay grows the weights"),
+    "warmup": Range(0, None, "[]", float, "epochs of linear warmup; negative warmup makes the learning rate negative"),
+    "step_size": Range(1, None, "[]", int, "epochs between step decays"),
+    "milestones": Range(1, None, "[]", int, "epochs of the multistep decays (each of them)"),
+    "gamma": Range(0, 1, "(]", float, "decay factor of step and multistep; above 1 the learning rate grows"),
+    "label_smoothing": Range(0, 1, "[)", float, "share of the target spread over all classes; 1 learns nothing"),
+    "aux_weight": Range(0, None, "[]", float, "weight of each auxiliary head's loss"),
+    "seed": Range(0, SEED_MAX, "[]", int, "seed of the initial weights, dropout and data order"),
+    "workers": Range(0, None, "[]", int, "DataLoader worker processes (0: load in the main process)"),
+    "keep_last": Range(0, None, "[]", int, "previous last.pt versions kept as fallbacks"),
+    "max_steps": Range(1, None, "[]", int, "optimizer steps before a resumable stop"),
+}
+
+# Options that mean something only with another: (option, is it in use?, the option it needs, why).
+TRAIN_NEEDS = [
+    ("finetune", lambda v: v not in (None, "all"), "init", "the weights to fine-tune; without them all would train"),
+    ("new_fc", bool, "init", "the classifier to append a new one to"),
+]
+
+# load_data's numeric arguments (cnnzoo.data).
+DATA_OPTIONS: dict[str, Range] = {
+    "limit": Range(1, None, "[]", int, "images kept per split"),
+    "num_classes": Range(2, None, "[]", int, "classes of the fake dataset (one class leaves nothing to learn)"),
+    "fake_samples": Range(1, None, "[]", int, "training images of the fake dataset"),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _num(value) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**63 else f"{float(value):g}"
+
+
+def describe(r: Range) -> str:
+    """The range in words: ">= 0", "> 0", "in [0, 1)"."""
+    if r.high is None:
+        return f"{'>=' if r.ends[0] == '[' else '>'} {_num(r.low)}"
+    if r.low is None:
+        return f"{'<=' if r.ends[1] == ']' else '<'} {_num(r.high)}"
+    return f"in {r.ends[0]}{_num(r.low)}, {_num(r.high)}{r.ends[1]}"
+
+
+def _inside(value: float, r: Range) -> bool:
+    above = r.low is None or (value >= r.low if r.ends[0] == "[" else value > r.low)
+    below = r.high is None or (value <= r.high if r.ends[1] == "]" else value < r.high)
+    return above and below
+
+
+def _check_one(name: str, value, r: Range) -> None:
+    integer = isinstance(value, Integral) and not isinstance(value, bool)
+    if r.kind is int and not integer:
+        raise UserError(f"{_flag(name)} must be a whole number {describe(r)}, got {value!r}")
+    if not integer and not (isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)):
+        raise UserError(f"{_flag(name)} must be a finite number {describe(r)}, got {value!r}")
+    if not _inside(value, r):
+        raise UserError(f"{_flag(name)} must be {describe(r)}, got {_num(value)}")
+
+
+def check(values: Mapping, table: Mapping[str, Range]) -> None:
+    """Refuse, with one line naming the option and its range, the first value of ``values`` outside its range
+    in ``table``. Names missing from ``table`` and values that are None are not checked; a list is checked
+    element by element."""
+    for name, r in table.items():
+        value = values.get(name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None:
+                _check_one(name, item, r)
+
+
+def check_needs(values: Mapping, needs: list = TRAIN_NEEDS) -> None:
+    """Refuse, with one line, an option given without the option it needs (``--finetune head`` without
+    ``--init`` would otherwise be ignored and every parameter trained)."""
+    for name, used, other, why in needs:
+        value = values.get(name)
+        if used(value) and values.get(other) is None:
+            shown = "" if isinstance(value, bool) else f" {value}"
+            raise UserError(f"{_flag(name)}{shown} needs {_flag(other)} ({why})")
