@@ -284,15 +284,43 @@ def test_out_of_range_values_exit_2_with_one_line_and_write_nothing(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def _numeric_train_flags() -> dict[str, str]:
+    """{flag: TrainConfig / load_data name} of every int or float option of `cnnzoo train`, read off the parser."""
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    return {a.option_strings[0]: a.dest for a in train._actions if a.type in (int, float)}
+
+
+def _outside(r: Range) -> list:
+    """Values just outside each end of a range, and NaN for float options."""
+    step = 1 if r.kind is int else 0.5
+    values = [] if r.low is None else [r.low - step if r.ends[0] == "[" else r.low]
+    values += [] if r.high is None else [r.high + step if r.ends[1] == "]" else r.high]
+    return values + (["nan"] if r.kind is float else [])
+
+
+SWEEP = [(flag, value) for flag, name in _numeric_train_flags().items()
+         for value in _outside({**TRAIN_OPTIONS, **DATA_OPTIONS}[name])]
+
+
+@pytest.mark.parametrize("flag, value", SWEEP, ids=[f"{f}={v}" for f, v in SWEEP])
+def test_every_numeric_flag_refuses_values_outside_its_range(tmp_path, monkeypatch, capsys, flag, value):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "lenet5", "--data", "digits", f"{flag}={value}"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"cnnzoo train: error: {flag} must be "), line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_numeric_option_has_a_range_and_a_bad_value_in_the_table():
     """The oracle for 'every': TrainConfig's numeric fields and the parser's numeric flags, read off the code."""
     numeric = {f.name for f in dataclasses.fields(TrainConfig) if re.search(r"\b(int|float)\b", str(f.type))}
-    assert numeric == set(TRAIN_OPTIONS)
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
-    flags = {a.dest for a in train._actions if a.type in (int, float)} | {"milestones"}
+    assert numeric <= set(TRAIN_OPTIONS), numeric - set(TRAIN_OPTIONS)
+    flags = set(_numeric_train_flags().values())
     assert flags <= set(TRAIN_OPTIONS) | set(DATA_OPTIONS)
+    assert {flag for flag, _ in SWEEP} == set(_numeric_train_flags())  # every flag has a bad value in the sweep
     tested = {flag[2:].replace("-", "_") for flag, _, _ in BAD_VALUES}
-    assert flags <= tested, flags - tested
+    assert {"warmup", "step_size", "lr_backbone", "weight_decay", "label_smoothing", "limit", "max_steps", "keep_last",
+            "seed", "lr", "momentum", "workers", "num_classes", "epochs", "batch_size"} <= tested  # the issue's list
     assert all(r.kind in (int, float) and r.ends in ("[]", "[)", "(]", "()") and r.about
                for r in {**TRAIN_OPTIONS, **DATA_OPTIONS}.values())
 

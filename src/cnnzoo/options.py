@@ -31,7 +31,8 @@ class Range(NamedTuple):
 
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed takes no more (torch and random would take more)
 
-# TrainConfig's numeric fields (cnnzoo.train); None means "the model family's default" and is not checked here.
+# TrainConfig's numeric fields (cnnzoo.train); None means "the default" (the model family's, the data's) and is
+# not checked here. tests/test_hardening_train.py fails when a numeric field has no row.
 TRAIN_OPTIONS: dict[str, Range] = {
     "epochs": Range(1, None, "[]", int, "passes over the training set"),
     "batch_size": Range(1, None, "[]", int, "images per optimizer step, per process"),
@@ -50,6 +51,17 @@ TRAIN_OPTIONS: dict[str, Range] = {
     "workers": Range(0, None, "[]", int, "DataLoader worker processes (0: load in the main process)"),
     "keep_last": Range(0, None, "[]", int, "previous last.pt versions kept as fallbacks"),
     "max_steps": Range(1, None, "[]", int, "optimizer steps before a resumable stop"),
+    # Augmentation and regularisers (cnnzoo.augment, the trainer); the order of crop_scale's two ends is checked
+    # where the augmentation is built.
+    "crop_pad": Range(0, None, "[]", int, "pixels of pad-crop's padding / affine's largest shift"),
+    "crop_scale": Range(0, 1, "(]", float, "area fractions of the resized crop (each end)"),
+    "erase": Range(0, 1, "[]", float, "probability of random erasing per image"),
+    "mixup": Range(0, None, "[]", float, "Beta alpha of mixup (0: off)"),
+    "cutmix": Range(0, None, "[]", float, "Beta alpha of cutmix (0: off)"),
+    "ema": Range(0, 1, "[)", float, "decay of the weights' moving average (0: off)"),
+    "patience": Range(1, None, "[]", int, "epochs without a better val top-1 before stopping"),
+    "clip_grad": Range(0, None, "()", float, "largest global L2 norm of the gradients"),
+    "drop_path": Range(0, 1, "[)", float, "stochastic depth rate of the deepest block"),
 }
 
 # Options that mean something only with another: (option, is it in use?, the option it needs, why).

@@ -448,7 +448,8 @@ def _run_dir(config: TrainConfig, model_name: str, data: Data, env: ddp.DistEnv)
 
 
 # What a run writes into its folder: any of them there means the folder holds an earlier run.
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "class_indices.json", "curves.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "ema.pt", "class_indices.json", "curves.png",
+             "tensorboard")
 
 
 def _check_out(out: Path) -> None:
