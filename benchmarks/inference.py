@@ -1,13 +1,28 @@
-"""CPU inference benchmark: PyTorch eager vs cnnzoo's ONNX Runtime and OpenVINO paths, and the HTTP service.
+"""CPU inference benchmark: every backend x precision cnnzoo can run, cnnzoo's `auto` choice, and the HTTP service.
 
-    .venv/bin/python benchmarks/inference.py [--quick] [--threads N] [--models lenet5,resnet18,...]
+    .venv/bin/python benchmarks/inference.py [--quick] [--threads N] [--models lenet5,resnet18,...] [--no-service]
 
-For each network (random weights, BatchNorm statistics set from one random batch) it saves a checkpoint, exports it to ONNX with
-cnnzoo.exporting (parity-checked), opens each file with cnnzoo.runtime.open_runtime on each backend and measures
-`Runtime.logits`: latency at batch 1 (median and p90, ms) and throughput at batch 16 (images/s). Ratios are
-speed-ups over eager and the fraction of the best backend's speed; `auto` is the backend open_runtime(.onnx,
-"auto") picks. Then the service: `cnnzoo serve mobilenet_v2.onnx` in a subprocess, requests/s and p50/p99
-latency at concurrency 1 and 16 with a 224x224 JPEG.
+Networks and images. The accuracy columns need real images and networks with real decisions, and nothing may be
+downloaded: scikit-learn's 8x8 digits are written as an ImageFolder (train/, val/) and every network is made a
+digits classifier. lenet5 (32x32) is trained on them for a few epochs; resnet18, mobilenet_v2 and efficientnet_b0
+(224x224, the photo preprocessing: the digit upscaled, centre crop) keep random convolutions, with BatchNorm
+statistics set from one batch of digits, and get a 10-class linear head fitted (logistic regression) on their
+pooled features. The compute is that of the real network at 224; the decisions have margins as a trained head's do.
+
+Configurations (all on the same checkpoint): torch eager and torch.compile at fp32 and bf16 (autocast), ONNX Runtime
+fp32 and int8 (QDQ), OpenVINO fp32, bf16 and int8 (NNCF), and cnnzoo auto: `cnnzoo.export(..., precision="auto")`
+with the digits as --data, opened with open_runtime(path) as predict and serve do. Each configuration's top-1
+agreement with torch eager fp32 (and its top-1) is measured on the validation digits, and judged by cnnzoo's
+default gate (agreement >= 99.5 %, top-1 drop <= 0.5 points). Speed: images/s of `logits` at batch 1 and 16,
+measured interleaved (every configuration once per round, the median per-call time over all rounds), so load from
+other processes on a shared machine spreads over all rows alike. "% peak": the network's multiply-accumulates per
+image (cnnzoo.summarize(...).total_macs) x images/s, as a fraction of this machine's measured matmul peak at that
+precision (torch.mm fp32 and bf16, torch._int_mm int8; 2 FLOP per MAC). "auto / best": auto's images/s over the
+fastest configuration that passes the same gate.
+
+Then the service: `cnnzoo serve` of mobilenet_v2's auto export in a subprocess, concurrency 1 and 16 with a 224x224
+JPEG (a raw-socket HTTP/1.1 client, so the client's own cost stays small), requests/s, p50/p99 latency, and the
+ratio to the same runtime's own batch-16 throughput measured in this process.
 """
 
 from __future__ import annotations
@@ -23,117 +38,280 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 MODELS = {"lenet5": (1, 32, 32), "resnet18": (3, 224, 224), "mobilenet_v2": (3, 224, 224),
           "efficientnet_b0": (3, 224, 224)}
-BACKENDS = ("torch", "onnxruntime", "openvino")
+BATCHES = (1, 16)
+DIGITS_SIZE = 8
 
 
-def timed(fn, iters: int, budget_s: float) -> list[float]:
-    """Seconds per call, after two warm-up calls; stops early once budget_s is spent (at least 3 calls)."""
-    fn()
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < iters and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
+# ---------------------------------------------------------------------------------------------------------------
+# Images and networks
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def calibrate_batchnorm(model, size: tuple[int, int, int]) -> None:
-    """BatchNorm statistics from one random batch, as training would set them. With the initial statistics
-    (mean 0, variance 1) the activations of a random MobileNet or EfficientNet shrink layer by layer into float32
-    denormals, which x86 computes 10-100x slower: PyTorch eager (no flush-to-zero) then looked 50x slower than
-    OpenVINO (which flushes them) for a reason no trained network has."""
+def write_digits(root: Path, per_split: dict[str, int]) -> Path:
+    """scikit-learn's digits as 8x8 grey PNGs in root/{train,val}/<digit>/ (a fixed shuffle)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.images))
+    start = 0
+    for split, count in per_split.items():
+        for i in order[start : start + count]:
+            path = root / split / str(digits.target[i]) / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").save(path)
+        start += count
+    return root
+
+
+def card_for(name: str, size: tuple[int, int, int]):
+    from cnnzoo.artifact import InputSpec, ModelCard, photo_spec
+
+    # lenet5: the digits' own contract (8x8 stretched to 32x32, grey); the others: photos at 224
+    spec = InputSpec(1, 32, 32, (0.5,), (0.5,), "stretch") if size[0] == 1 else photo_spec(size)
+    return ModelCard(name, {"num_classes": 10}, tuple(str(d) for d in range(10)), spec)
+
+
+def folder_arrays(folder: Path, card) -> tuple[np.ndarray, np.ndarray]:
+    from cnnzoo.images import open_image, preprocess
+    from cnnzoo.precision import labelled_images
+
+    items = labelled_images(folder, card.classes)
+    x = np.stack([preprocess(open_image(p, channels=card.input.channels), card.input) for p, _ in items])
+    return x, np.array([y for _, y in items])
+
+
+def make_classifier(name: str, card, data: Path, epochs: int):
+    """A digits classifier: lenet5 trained end to end; a 224 network's random features with a fitted linear head."""
     import torch
+    from sklearn.linear_model import LogisticRegression
 
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: exactly this batch's statistics
-    if norms:
-        with torch.no_grad():
-            model.train()(torch.randn(8, *size, generator=torch.Generator().manual_seed(0)))
-    model.eval()
-
-
-def prepare(name: str, size: tuple[int, int, int], folder: Path) -> tuple[Path, Path]:
-    import torch
-
-    from cnnzoo.checkpoint import save_checkpoint
-    from cnnzoo.exporting import export
     from cnnzoo.registry import create_model
 
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10 if name == "lenet5" else 1000)
-    calibrate_batchnorm(model, size)
-    mean, std = ([0.5], [0.5]) if size[0] == 1 else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    ckpt = folder / f"{name}.pt"
-    save_checkpoint(ckpt, {"model_name": name, "model_kwargs": {"num_classes": model.num_classes},
-                           "state_dict": model.state_dict(), "classes": [str(i) for i in range(model.num_classes)],
-                           "input_size": list(size), "mean": mean, "std": std,
-                           "resize_size": size[1] if size[1] == 32 else 256, "appended_fc": None, "epoch": 0,
-                           "step": 0, "best_metric": 0.0, "metrics": {}, "config": {}})
-    # random-init logits of deep nets are large; the check here is only that the file is sound
-    export(ckpt, folder / f"{name}.onnx", atol=1e-2)
-    return ckpt, folder / f"{name}.onnx"
+    model = create_model(name, num_classes=10)
+    x, y = folder_arrays(data / "train", card)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    if name == "lenet5":
+        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+        for _ in range(epochs):
+            for start in range(0, len(x), 64):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64]).backward()
+                opt.step()
+        return model.eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:  # statistics of real inputs, as training would leave them (random statistics underflow)
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        model.train()(x[:32])
+    model.eval()
+    pooled = []
+    hook = model.get_classifier().register_forward_pre_hook(lambda m, a: pooled.append(a[0]))
+    with torch.inference_mode():
+        for start in range(0, len(x), 32):
+            model(x[start : start + 32])
+    hook.remove()
+    features = torch.cat(pooled).numpy()
+    scale = features.std() + 1e-6
+    head = LogisticRegression(max_iter=2000).fit(features / scale, y.numpy())
+    with torch.no_grad():
+        fc = model.get_classifier()
+        fc.weight.copy_(torch.from_numpy(head.coef_ / scale).float())
+        fc.bias.copy_(torch.from_numpy(head.intercept_).float())
+    return model
 
 
-def bench_models(names: list[str], quick: bool, threads: int, folder: Path) -> list[dict]:
+# ---------------------------------------------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Compiled:
+    """torch.compile (inductor) of the network, at fp32 or under bf16 autocast: the Runtime.logits interface."""
+
+    def __init__(self, model, input_size, bf16: bool):
+        import torch
+
+        self.torch, self.input_size, self.bf16 = torch, input_size, bf16
+        self.model = torch.compile(model, dynamic=False)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(torch.from_numpy(batch)).float().numpy()
+
+
+@dataclass
+class Config:
+    label: str
+    precision: str
+    runtime: object
+    times: dict[int, list[float]] = field(default_factory=lambda: {b: [] for b in BATCHES})
+    agreement: float = float("nan")
+    top1: float = float("nan")
+
+    def img_s(self, batch: int) -> float:
+        return batch / statistics.median(self.times[batch])
+
+
+def configurations(name: str, model, card, folder: Path, data: Path, threads: int) -> tuple[list[Config], object]:
+    """Every configuration of one network, and the auto export's report."""
+    from cnnzoo.checkpoint import save_checkpoint
+    from cnnzoo.exporting import QUANTISERS, export
+    from cnnzoo.precision import int8_card, load_gate_images
     from cnnzoo.runtime import open_runtime
 
+    ckpt = folder / f"{name}.pt"
+    save_checkpoint(ckpt, card, model.state_dict(), epoch=0, step=0, best_metric=0.0, metrics={}, config={})
+    onnx = export(ckpt, folder / f"{name}.onnx", atol=1e-2).path  # random features: large logits, loose check
+    calibration = load_gate_images(data / "train", data / "val", card, calib_images=100).calibration[:, None]
+    QUANTISERS["onnx"](onnx, folder / f"{name}-qdq.onnx", int8_card(card), calibration)
+    QUANTISERS["openvino"](onnx, folder / f"{name}-nncf.xml", int8_card(card), calibration)
+    auto = export(ckpt, folder / f"{name}-auto", precision="auto", calib_data=data / "train", val_data=data / "val",
+                  atol=1e-2)
+    opened = [
+        ("torch eager fp32", "fp32", lambda: open_runtime(ckpt, "torch", precision="fp32")),
+        ("torch eager bf16", "bf16", lambda: open_runtime(ckpt, "torch", precision="bf16")),
+        ("torch.compile fp32", "fp32", lambda: Compiled(model, card.input.size, False)),
+        ("torch.compile bf16", "bf16", lambda: Compiled(model, card.input.size, True)),
+        ("onnxruntime fp32", "fp32", lambda: open_runtime(onnx, "onnxruntime", threads=threads, precision="fp32")),
+        ("onnxruntime int8", "int8", lambda: open_runtime(folder / f"{name}-qdq.onnx", "onnxruntime", threads=threads)),
+        ("openvino fp32", "fp32", lambda: open_runtime(onnx, "openvino", threads=threads, precision="fp32")),
+        ("openvino bf16", "bf16", lambda: open_runtime(onnx, "openvino", threads=threads, precision="bf16")),
+        ("openvino int8", "int8", lambda: open_runtime(folder / f"{name}-nncf.xml", "openvino", threads=threads)),
+    ]
+    configs = []
+    for label, precision, opener in opened:
+        try:
+            configs.append(Config(label, precision, opener()))
+        except Exception as err:  # e.g. bf16 on a CPU without it: the row says why
+            print(f"  {name}: {label} unavailable: {err}", file=sys.stderr)
+    rt = open_runtime(auto.path, threads=threads)
+    configs.append(Config(f"cnnzoo auto = {rt.backend} {rt.precision}", rt.precision, rt))
+    return configs, auto
+
+
+def measure_accuracy(configs: list[Config], x: np.ndarray, y: np.ndarray) -> None:
+    reference = None
+    for c in configs:
+        top = np.concatenate([c.runtime.logits(x[i : i + 16]) for i in range(0, len(x), 16)]).argmax(1)
+        reference = top if reference is None else reference  # torch eager fp32 comes first
+        c.agreement, c.top1 = 100 * float(np.mean(top == reference)), 100 * float(np.mean(top == y))
+
+
+def measure_speed(configs: list[Config], size: tuple[int, int, int], rounds: int, calls: dict[int, int],
+                  peaks: dict[str, float], threads: int) -> None:
+    """Interleaved: each round times every configuration at every batch size (two warm-up calls first) and the
+    matmul peaks, which keep their best: load from other processes lowers a measured peak, never raises it."""
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.standard_normal((b, *size), dtype=np.float32) for b in BATCHES}
+    for c in configs:
+        for b in BATCHES:
+            c.runtime.logits(inputs[b])
+            c.runtime.logits(inputs[b])
+    for _ in range(rounds):
+        for precision, peak in matmul_peaks(threads).items():
+            peaks[precision] = max(peaks[precision], peak)
+        for c in configs:
+            for b in BATCHES:
+                for _ in range(calls[b]):
+                    t = time.perf_counter()
+                    c.runtime.logits(inputs[b])
+                    c.times[b].append(time.perf_counter() - t)
+
+
+def matmul_peaks(threads: int) -> dict[str, float]:
+    """This machine's measured matmul throughput (FLOP/s, 2 per MAC) at each precision, with ``threads``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n, peaks = 1024, {}
+    makers = {
+        "fp32": lambda: (torch.randn(n, n), torch.randn(n, n), torch.mm),
+        "bf16": lambda: (torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16(), torch.mm),
+        "int8": lambda: (torch.randint(-128, 127, (n, n), dtype=torch.int8),
+                         torch.randint(-128, 127, (n, n), dtype=torch.int8), torch._int_mm),
+    }
+    for precision, make in makers.items():
+        try:
+            a, b, mm = make()
+            mm(a, b)
+            best = min(_timed_once(lambda: mm(a, b)) for _ in range(7))
+            peaks[precision] = 2 * n**3 / best
+        except (RuntimeError, NotImplementedError):
+            peaks[precision] = peaks["fp32"]
+    return peaks
+
+
+def _timed_once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def passes(c: Config, reference: Config) -> bool:
+    from cnnzoo.precision import Gate
+
+    gate = Gate()
+    return c.precision == "fp32" or (c.agreement >= gate.min_agreement and reference.top1 - c.top1 <= gate.max_drop)
+
+
+def model_rows(name: str, configs: list[Config], macs: int, peaks: dict[str, float]) -> list[str]:
+    reference, auto = configs[0], configs[-1]
     rows = []
-    iters1, iters16, budget = (20, 3, 3.0) if quick else (200, 20, 20.0)
-    for name in names:
-        size = MODELS[name]
-        ckpt, onnx = prepare(name, size, folder)
-        auto = open_runtime(onnx, "auto", threads=threads).backend
-        x1 = np.random.default_rng(0).standard_normal((1, *size), dtype=np.float32)
-        x16 = np.random.default_rng(1).standard_normal((16, *size), dtype=np.float32)
-        for backend in BACKENDS:
-            rt = open_runtime(ckpt, "torch") if backend == "torch" else open_runtime(onnx, backend, threads=threads)
-            lat = timed(lambda: rt.logits(x1), iters1, budget)
-            thr = timed(lambda: rt.logits(x16), iters16, budget)
-            rows.append({"model": name, "backend": backend, "auto": backend == auto,
-                         "p50_ms": 1e3 * statistics.median(lat), "p90_ms": 1e3 * float(np.percentile(lat, 90)),
-                         "img_s": 16 / statistics.median(thr)})
-            print(f"  {name:16s} {backend:12s} batch 1 {rows[-1]['p50_ms']:8.2f} ms   batch 16 "
-                  f"{rows[-1]['img_s']:8.1f} img/s", file=sys.stderr, flush=True)
+    for b in BATCHES:
+        alternatives = [c for c in configs[:-1] if passes(c, reference)]
+        best = max(alternatives, key=lambda c: c.img_s(b))
+        for c in configs:
+            ips = c.img_s(b)
+            peak = 100 * 2 * macs * ips / peaks[c.precision]
+            gate = "yes" if passes(c, reference) else "no"
+            ratio = f"**{ips / best.img_s(b):.2f}**" if c is auto else f"{ips / reference.img_s(b):.2f}"
+            rows.append(f"| {name} | {b} | {c.label} | {ips:,.1f} | {ratio} | {c.agreement:.2f} | {c.top1:.1f} | "
+                        f"{gate} | {peak:.1f} |")
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    out = ["| model | backend | batch 1 p50 ms | p90 ms | x eager | / best | batch 16 img/s | x eager | / best |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in dict.fromkeys(r["model"] for r in rows):
-        group = [r for r in rows if r["model"] == name]
-        eager = next(r for r in group if r["backend"] == "torch")
-        best_lat, best_thr = min(r["p50_ms"] for r in group), max(r["img_s"] for r in group)
-        for r in group:
-            label = r["backend"] + (" (auto)" if r["auto"] else "")
-            out.append(f"| {name} | {label} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                       f"{eager['p50_ms'] / r['p50_ms']:.2f} | {best_lat / r['p50_ms']:.2f} | {r['img_s']:.1f} | "
-                       f"{r['img_s'] / eager['img_s']:.2f} | {r['img_s'] / best_thr:.2f} |")
-    return "\n".join(out)
+HEADER = ["| model | batch | configuration | img/s | x eager fp32 (auto: / best passing) | agree % | top-1 % | "
+          "gate | % peak |", "|---|---:|---|---:|---:|---:|---:|---|---:|"]
 
 
-def goals(rows: list[dict]) -> list[str]:
+def goals(name: str, configs: list[Config]) -> list[str]:
+    reference, auto = configs[0], configs[-1]
     lines = []
-    for name in dict.fromkeys(r["model"] for r in rows):
-        group = [r for r in rows if r["model"] == name]
-        auto = next(r for r in group if r["auto"])
-        eager = next(r for r in group if r["backend"] == "torch")
-        lat = min(r["p50_ms"] for r in group) / auto["p50_ms"]
-        thr = auto["img_s"] / max(r["img_s"] for r in group)
-        ok = "ok" if min(lat, thr) >= 0.9 else "MISSED"
-        lines.append(f"auto ({auto['backend']}) on {name}: {lat:.0%} of the best batch-1 speed, {thr:.0%} of the best "
-                     f"batch-16 throughput, {eager['p50_ms'] / auto['p50_ms']:.1f}x eager at batch 1 [{ok}]")
+    for b in BATCHES:
+        best = max((c for c in configs[:-1] if passes(c, reference)), key=lambda c: c.img_s(b))
+        fp32 = max((c for c in configs if c.precision == "fp32"), key=lambda c: c.img_s(b))
+        int8 = [c for c in configs[:-1] if c.precision == "int8" and passes(c, reference)]
+        ratio = auto.img_s(b) / best.img_s(b)
+        line = (f"{name} batch {b}: auto ({auto.label[14:]}) {ratio:.2f}x the best passing alternative "
+                f"({best.label}) [{'ok' if ratio >= 1.0 else 'MISSED'}]")
+        if int8:
+            fastest = max(int8, key=lambda c: c.img_s(b))
+            line += f"; int8 {fastest.img_s(b) / fp32.img_s(b):.2f}x the fastest fp32 ({fastest.label})"
+        else:
+            line += "; no int8 configuration passes the gate"
+        lines.append(line)
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -146,112 +324,150 @@ def jpeg_224() -> bytes:
     from PIL import Image
 
     rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (28, 28, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # photo-like blocks
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+    Image.fromarray(smooth).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
-def bench_service(onnx: Path, quick: bool, threads: int) -> list[dict]:
-    import httpx
+async def _post(reader, writer, request: bytes) -> int:
+    """One keep-alive HTTP/1.1 request on an open connection; the status code."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
 
+
+async def load(port: int, body: bytes, concurrency: int, total: int) -> tuple[list[float], float]:
+    request = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    latencies: list[float] = []
+    left = [total]
+
+    async def worker():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            assert await _post(reader, writer, request) == 200
+        await ready.wait()
+        while left[0] > 0:
+            left[0] -= 1
+            t = time.perf_counter()
+            status = await _post(reader, writer, request)
+            assert status == 200, status
+            latencies.append(time.perf_counter() - t)
+        writer.close()
+
+    ready = asyncio.Event()
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(0.5)  # every connection open and warm
+    t0 = time.perf_counter()
+    ready.set()
+    await asyncio.gather(*tasks)
+    return latencies, time.perf_counter() - t0
+
+
+def bench_service(model: Path, quick: bool, threads: int) -> list[dict]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cnnzoo", "serve", str(onnx), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "cnnzoo", "serve", str(model), "--port", str(port)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     log: list[str] = []
-    ready = False
     for line in iter(proc.stderr.readline, ""):
         log.append(line)
-        ready |= " ready on " in line
-        if ready and any("Uvicorn running on" in x for x in log):
+        if " ready on " in "".join(log) and any("Uvicorn running on" in x for x in log):
             break
-    startup = time.perf_counter() - started
     threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True).start()
-    rss = _rss_mb(proc.pid)
-    body = jpeg_224()
-    results = []
+    body, results = jpeg_224(), []
     try:
         for concurrency in (1, 16):
-            total = (60 if quick else 400) * (1 if concurrency == 1 else 4)
-
-            async def run():
-                latencies: list[float] = []
-                limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as http:
-                    for _ in range(3):
-                        await http.post("/v1/predict", content=body)
-                    left = [total]
-
-                    async def worker():
-                        while left[0] > 0:
-                            left[0] -= 1
-                            t = time.perf_counter()
-                            response = await http.post("/v1/predict", content=body)
-                            assert response.status_code == 200, response.text
-                            latencies.append(time.perf_counter() - t)
-
-                    t0 = time.perf_counter()
-                    await asyncio.gather(*(worker() for _ in range(concurrency)))
-                    return latencies, time.perf_counter() - t0
-
-            latencies, wall = asyncio.run(run())
+            total = (100 if quick else 400) * (1 if concurrency == 1 else 4)
+            latencies, wall = asyncio.run(load(port, body, concurrency, total))
             results.append({"concurrency": concurrency, "req_s": len(latencies) / wall,
                             "p50_ms": 1e3 * float(np.percentile(latencies, 50)),
                             "p99_ms": 1e3 * float(np.percentile(latencies, 99))})
     finally:
         proc.terminate()
         proc.wait(30)
-    backend = next((x.split(" ready on ")[1].split()[0] for x in log if " ready on " in x), "?")
-    print(f"service: mobilenet_v2 on {backend}; start-up to ready {startup:.2f} s, resident memory {rss:.0f} MB",
-          flush=True)
+    if not results:
+        raise RuntimeError("".join(log[-20:]))
     return results
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+def service_table(model: Path, quick: bool, threads: int) -> list[str]:
+    from cnnzoo.images import open_image
+    from cnnzoo.runtime import open_runtime
+
+    runtime = open_runtime(model, threads=threads)
+    x = np.stack([runtime.preprocess(open_image(jpeg_224(), channels=3))] * 16)
+    runtime.logits(x)
+    own = 16 / statistics.median(_timed_once(lambda: runtime.logits(x)) for _ in range(10 if quick else 40))
+    service = bench_service(model, quick, threads)
+    lines = [f"| service (mobilenet_v2 auto = {runtime.backend} {runtime.precision}, 224x224 JPEG) | requests/s | "
+             "p50 ms | p99 ms | / runtime batch-16 img/s |", "|---|---:|---:|---:|---:|"]
+    for r in service:
+        lines.append(f"| concurrency {r['concurrency']} | {r['req_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['req_s'] / own:.2f} |")
+    lines.append(f"runtime alone at batch 16: {own:.1f} img/s")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer images and rounds (several minutes)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the CPUs available)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--no-service", action="store_true", help="skip the HTTP service benchmark")
     args = parser.parse_args()
-    from cnnzoo.runtime import default_threads
-
-    threads = args.threads or default_threads()
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    import torch
-
-    torch.set_num_threads(threads)
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    from cnnzoo.runtime import default_threads
+
+    threads = args.threads or default_threads()
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import onnxruntime
     import openvino
+    import torch
 
+    from cnnzoo.summary import summarize
+
+    torch.set_num_threads(threads)
+    peaks = matmul_peaks(threads)
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
-          f"{threads} threads, {os.cpu_count()} CPUs{' (quick)' if args.quick else ''}")
+          f"{threads} threads, {os.cpu_count()} CPUs{' (quick)' if args.quick else ''}; matmul peak "
+          + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
+    rounds, calls = (3, {1: 5, 16: 2}) if args.quick else (10, {1: 20, 16: 4})
     with tempfile.TemporaryDirectory(prefix="cnnzoo-bench-") as tmp:
-        rows = bench_models(names, args.quick, threads, Path(tmp))
-        print(table(rows))
-        print("\n".join(goals(rows)))
+        data = write_digits(Path(tmp) / "digits", {"train": 300 if args.quick else 1200, "val": 300})
+        rows, lines, served = list(HEADER), [], None
+        for name in names:
+            card = card_for(name, MODELS[name])
+            model = make_classifier(name, card, data, epochs=40)  # lenet5: 40 short epochs, a few seconds
+            configs, auto = configurations(name, model, card, Path(tmp), data, threads)
+            x, y = folder_arrays(data / "val", card)
+            measure_accuracy(configs, x, y)
+            measure_speed(configs, MODELS[name], rounds, calls, peaks, threads)
+            macs = summarize(model, MODELS[name]).total_macs
+            rows += model_rows(name, configs, macs, peaks)
+            lines += goals(name, configs)
+            served = auto.path if name == "mobilenet_v2" else served
+            print(f"{name}: auto export chose {auto.deploy.backend} {auto.deploy.precision}\n{auto}", file=sys.stderr,
+                  flush=True)
+        print("matmul peak (best measured) " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
+        print("\n".join(rows))
+        print("\n".join(lines))
         if not args.no_service:
-            if "mobilenet_v2" not in names:
-                prepare("mobilenet_v2", MODELS["mobilenet_v2"], Path(tmp))
-            service = bench_service(Path(tmp) / "mobilenet_v2.onnx", args.quick, threads)
-            print("| service (mobilenet_v2, JPEG 256x256) | requests/s | p50 ms | p99 ms |\n|---|---:|---:|---:|")
-            for r in service:
-                print(f"| concurrency {r['concurrency']} | {r['req_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+            if served is None:
+                card = card_for("mobilenet_v2", MODELS["mobilenet_v2"])
+                served = configurations("mobilenet_v2", make_classifier("mobilenet_v2", card, data, 0), card,
+                                        Path(tmp), data, threads)[1].path
+            print("\n".join(service_table(served, args.quick, threads)))
 
 
 if __name__ == "__main__":
