@@ -344,6 +344,19 @@ def test_the_python_api_is_checked_too():
     assert len(load_data("digits", limit=1).train) == 1
 
 
+def test_split_data_arguments_are_checked_before_anything_is_copied(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "src" / name / f"{i}.pgm").write_bytes(b"P5 2 2 255\n" + bytes([i * 40] * 4))
+    for argv, message in [(["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
+                          (["--val", "nan"], "--val must be a finite number in (0, 1), got nan"),
+                          (["--val", "1"], "--val must be in (0, 1), got 1")]:
+        assert main(["split-data", str(tmp_path / "src"), str(tmp_path / "dst"), *argv]) == 2
+        assert message in _one_error_line(capsys)
+        assert not (tmp_path / "dst").exists()
+
+
 def test_range_ends():
     table = {"closed": Range(0, 1, "[]", float, ""), "open": Range(0, 1, "()", float, ""),
              "upper": Range(None, 5, "[)", int, "")}

@@ -42,7 +42,7 @@ from cnnzoo.choices import DATASETS
 from cnnzoo.artifact import InputSpec, ModelCard, photo_spec, resolve_input_size
 from cnnzoo.errors import UserError
 from cnnzoo.images import fit_images, open_image, preprocess, scan_image_folder
-from cnnzoo.options import DATA_OPTIONS, check
+from cnnzoo.options import DATA_OPTIONS, SPLIT_OPTIONS, check
 
 __all__ = ["DATASETS", "Data", "TensorSplit", "FolderSplit", "load_data", "load_data_for", "split_data", "mix_seed"]
 
@@ -727,8 +727,7 @@ def split_data(src: str | Path, dst: str | Path, val: float = 0.2, seed: int = 0
     Files are copied; dst must not exist or be empty (nothing is written over). Returns images per split.
     """
     src, dst = Path(src), Path(dst)
-    if not 0 < val < 1:
-        raise UserError(f"--val must be between 0 and 1, got {val}")
+    check({"val": val, "seed": seed}, SPLIT_OPTIONS)
     classes, samples = scan_image_folder(src)
     if dst.exists() and any(dst.iterdir()):
         raise UserError(f"{dst} already exists and is not empty")

@@ -2,8 +2,8 @@
 
 A value outside its range is refused with one line naming the option and the range ("--warmup must be >= 0, got
 -3"), before anything is built or written: ``TrainConfig.__post_init__`` checks TRAIN_OPTIONS (so the Python API
-is protected as much as the command line) and ``load_data`` checks DATA_OPTIONS. NaN and infinities are never in
-range. Torch-free and dependency-free, so any layer (and `--help`) can import it.
+is protected as much as the command line), ``load_data`` DATA_OPTIONS and ``split_data`` SPLIT_OPTIONS. NaN and
+infinities are never in range. Torch-free and dependency-free, so any layer (and `--help`) can import it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 from cnnzoo.errors import UserError
 
-__all__ = ["Range", "TRAIN_OPTIONS", "TRAIN_NEEDS", "DATA_OPTIONS", "check", "check_needs", "describe"]
+__all__ = ["Range", "TRAIN_OPTIONS", "TRAIN_NEEDS", "DATA_OPTIONS", "SPLIT_OPTIONS", "check", "check_needs",
+           "describe"]
 
 
 class Range(NamedTuple):
@@ -75,6 +76,12 @@ DATA_OPTIONS: dict[str, Range] = {
     "limit": Range(1, None, "[]", int, "images kept per split"),
     "num_classes": Range(2, None, "[]", int, "classes of the fake dataset (one class leaves nothing to learn)"),
     "fake_samples": Range(1, None, "[]", int, "training images of the fake dataset"),
+}
+
+# split_data's arguments (cnnzoo.data, `cnnzoo split-data`).
+SPLIT_OPTIONS: dict[str, Range] = {
+    "val": Range(0, 1, "()", float, "fraction of each class kept for validation"),
+    "seed": TRAIN_OPTIONS["seed"],
 }
 
 
