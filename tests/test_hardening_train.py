@@ -23,7 +23,7 @@ import torch
 
 from cnnzoo.artifact import ModelCard
 from cnnzoo.checkpoint import (DIGEST_KEY, CheckpointError, DiskFullError, build_model, load_checkpoint,
-                               save_checkpoint)
+                               read_weights, save_checkpoint)
 from cnnzoo.cli import build_parser, main
 from cnnzoo.data import load_data
 from cnnzoo.errors import UserError
@@ -468,6 +468,39 @@ def test_checkpoints_without_a_digest_still_load_and_their_crcs_are_still_checke
     old.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="fails its CRC check"):
         load_checkpoint(old)
+
+
+def test_read_weights_checks_the_crcs_of_any_weights_file(tmp_path):
+    plain = tmp_path / "resnet_like.pth"
+    torch.save({"conv.weight": torch.arange(64.0), "fc.bias": torch.ones(3)}, plain)
+    assert torch.equal(read_weights(plain)["conv.weight"], torch.arange(64.0))
+    data = bytearray(plain.read_bytes())
+    start, _ = _member_offset(plain, _largest_tensor(plain))
+    data[start + 8] ^= 0x01  # one bit of one float
+    plain.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        read_weights(plain)
+
+
+def test_a_checkpoint_pickle_that_runs_code_never_runs_in_the_training_commands(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "cnnzoo-checkpoint", "version": 2, "state_dict": {}, "x": _RunsCode(marker)}, evil)
+    refused = "is not a readable checkpoint: Unsupported global: GLOBAL exec was not an allowed global by default"
+    commands = [  # --init reads through cnnzoo.transfer, with its own message
+        (["train", "lenet5", "--data", "digits", *TINY, "--init", str(evil), "--out", str(tmp_path / "run")],
+         f"cannot read weights from {evil}"),
+        (["train", "--resume", str(evil)], refused),
+        (["evaluate", str(evil), "--out", str(tmp_path / "ev")], refused),
+        (["baseline", "svm", "--data", "digits", "--features", str(evil), "--limit", "40"], refused),
+    ]
+    for argv, message in commands:
+        assert main(argv) == 2, argv
+        # --resume also warns that it tries the previous checkpoint first (cnnzoo.train.find_resumable).
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in last, last
+        assert not marker.exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ev").exists()
 
 
 def _with_card(lenet_ckpt: Path, path: Path, **changes) -> Path:

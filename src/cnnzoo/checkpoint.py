@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -30,13 +31,14 @@ from cnnzoo.artifact import ArtifactError, ModelCard
 from cnnzoo.errors import UserError
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "DiskFullError", "save_checkpoint", "load_checkpoint",
-           "build_model", "tensor_digest", "write_class_indices"]
+           "read_weights", "build_model", "tensor_digest", "write_class_indices"]
 
 FORMAT, VERSION = "cnnzoo-checkpoint", 2
 READABLE_VERSIONS = (1, 2)
 _V1_CARD_KEYS = ("model_name", "model_kwargs", "classes", "input_size", "mean", "std", "resize_size", "appended_fc")
 DIGEST_KEY = "state_dict_sha256"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # torch bolds words of its messages; a one-line error has no styles
 
 
 class CheckpointError(ArtifactError):
@@ -145,20 +147,46 @@ def save_checkpoint(path: str | Path, card: ModelCard, state_dict: dict, **recor
     _fsync_dir(path.parent)
 
 
+def _load_failure(err: Exception) -> str:
+    """One line for a failed torch.load: the refused global of a pickle that wants to run something (torch's
+    message buries it under advice to load the file unsafely), else the first line of the error."""
+    text = str(err)
+    refused = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\n|$)", text)
+    if refused:
+        return f"{refused.group(1)} (nothing was run; a file that needs it may run code when unpickled)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    sentence = ANSI_STYLE.sub("", first).split(". ")[0][:200]
+    return f"truncated or corrupt? ({type(err).__name__}: {sentence})"  # KeyError('101') means little alone
+
+
+def read_weights(path: str | Path) -> object:
+    """``torch.load(weights_only=True)`` of a weights file, after checking its zip archive's CRCs; a cnnzoo
+    checkpoint's recorded digest is verified as well. Every file of weights (checkpoints, ``--init``) should be
+    read through here, so a corrupted one is a CheckpointError (one line), never garbage weights.
+    """
+    path = Path(path)
+    _check_archive(path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, forbidden global: all mean "not a usable checkpoint"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_load_failure(err)}") from None
+    state = raw.get("state_dict") if isinstance(raw, dict) else None
+    digest = raw.get(DIGEST_KEY) if isinstance(raw, dict) else None  # absent from files written before it existed
+    if digest is not None and isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()) \
+            and digest != tensor_digest(state):
+        raise CheckpointError(f"{path} is corrupt: its weights differ from the digest recorded when it was saved")
+    return raw
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a cnnzoo checkpoint (a file, or a run folder's last.pt); nothing but tensors and plain containers is
-    ever unpickled, and the card is validated."""
+    ever unpickled, the archive's CRCs and the weights' digest are verified, and the card is validated."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
-    _check_archive(path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, forbidden global: all mean "not a usable checkpoint"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason[:200]}") from None
+    raw = read_weights(path)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnnzoo checkpoint")
     if raw.get("version") not in READABLE_VERSIONS:
@@ -167,9 +195,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state = raw.pop("state_dict", None)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state_dict")
-    digest = raw.pop(DIGEST_KEY, None)  # absent from checkpoints written before it was recorded
-    if digest is not None and digest != tensor_digest(state):
-        raise CheckpointError(f"{path} is corrupt: its weights differ from the digest recorded when it was saved")
+    raw.pop(DIGEST_KEY, None)
     if raw["version"] == 1:
         card = ModelCard.from_dict({k: raw.pop(k) for k in _V1_CARD_KEYS if k in raw}, str(path))
         card = ModelCard(card.model_name, card.model_kwargs, card.classes, card.input, card.appended_classes,
