@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 
 from cnnzoo.errors import UserError
 from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, UnsupportedFormat, open_image, preprocess
-from cnnzoo.runtime import softmax, top_classes
+from cnnzoo.runtime import default_threads, softmax, top_classes
 
 __all__ = ["Limits", "create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
 
@@ -118,7 +118,12 @@ class _BodyLimit:
 
 
 class _Batcher:
-    """Collects single images from concurrent requests into batches for one inference thread."""
+    """Collects single images from concurrent requests into batches for one inference thread.
+
+    A batch closes at ``max_batch`` images, when no more are queued and none is being decoded, or ``wait_s`` after
+    it opened. It waits for decodes only when it opens on an idle runtime (the first images of a burst): images that
+    queued while the previous batch ran go at once, so under load the runtime never idles for the window. Stacking,
+    inference and softmax run on the inference thread, so the event loop only moves futures."""
 
     def __init__(self, runtime, max_batch: int, wait_s: float):
         self.runtime, self.max_batch, self.wait_s = runtime, max(1, int(max_batch)), wait_s
@@ -142,8 +147,9 @@ class _Batcher:
 
     async def _collect(self) -> list:
         loop = asyncio.get_running_loop()
+        backlog = not self.queue.empty()  # queued while the last batch ran: the runtime would idle in a wait
         items = [await self.queue.get()]
-        closes = loop.time() + self.wait_s
+        closes = loop.time() + (0.0 if backlog else self.wait_s)
         while len(items) < self.max_batch:
             try:
                 items.append(self.queue.get_nowait())
@@ -165,10 +171,8 @@ class _Batcher:
             items = await self._collect()
             if not items:
                 continue
-            batch = np.stack([a for a, _ in items])
             try:
-                logits = await loop.run_in_executor(self.executor, self.runtime.logits, batch)
-                probs = softmax(np.asarray(logits))
+                probs = await loop.run_in_executor(self.executor, self._infer, [a for a, _ in items])
             except Exception as err:  # a runtime failure fails this batch's requests, not the service
                 log.exception("inference failed on a batch of %d", len(items))
                 for _, future in items:
@@ -179,6 +183,11 @@ class _Batcher:
             for (_, future), row in zip(items, probs):
                 if not future.done():
                     future.set_result(row)
+
+    def _infer(self, arrays: list[np.ndarray]) -> np.ndarray:
+        # one image: a view, not a copy; several: the one copy into the contiguous batch the runtime takes as is
+        batch = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+        return softmax(np.asarray(self.runtime.logits(batch)))
 
 
 def _topk(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
@@ -196,7 +205,8 @@ class _Service:
         self.ready = threading.Event()  # set once the model is loaded and one warm-up inference passed
         self.failed: str | None = None
         self.in_flight = 0
-        self.decoder = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cnnzoo-decode")
+        # decoding and preprocessing (PIL and numpy release the GIL) in parallel on every CPU this process may use
+        self.decoder = ThreadPoolExecutor(default_threads(), thread_name_prefix="cnnzoo-decode")
         self.batcher: _Batcher | None = None
         self.explainer = None
         self.on_failure = None  # called when the model cannot be loaded (serve() stops the server)
