@@ -54,6 +54,14 @@ class _RunsCode:
         return exec, (f"open({str(self.marker)!r}, 'w').close()",)
 
 
+class _ForgedDtype:
+    """A uint8 dtype whose pickled state claims it holds objects: numpy's dtype.__setstate__ accepts that, and an
+    array of it would read its bytes as object pointers."""
+
+    def __reduce__(self):
+        return np.dtype, ("u1", False, True), (3, ">", None, None, None, -1, -1, 0x3F)
+
+
 def _cifar_parts(n_classes: int, per_batch: int = 4, seed: int = 0) -> dict[str, dict]:
     rng = np.random.default_rng(seed)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if n_classes == 10 else ["train", "test"]
@@ -151,7 +159,9 @@ CIFAR_DEFECTS = [  # (what, how the parts change, the message)
      "labels must be a list of integers"),
     ("no labels", lambda p: {**p, "data_batch_3": {b"data": p["data_batch_3"][b"data"]}}, "not a CIFAR batch"),
     ("an object array", lambda p: _replace(p, "data_batch_1", labels=np.array([0, 1, 2, 3], dtype=object)),
-     "object arrays"),
+     "only plain numeric arrays are allowed"),
+    ("a dtype with forged flags", lambda p: _replace(p, "data_batch_1", labels=_ForgedDtype()),
+     "only plain numeric arrays are allowed"),
     ("9 class names", lambda p: {**p, "batches.meta": {b"label_names": [b"x%d" % i for i in range(9)]}},
      "must list 10 distinct class names"),
     ("a truncated pickle", lambda p: {**p, "data_batch_4": pickle.dumps(p["data_batch_4"], 2)[:50]},

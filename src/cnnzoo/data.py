@@ -423,10 +423,21 @@ def _numpy_array_globals() -> dict[tuple[str, str], object]:
             for module, fns in found.items() for name, fn in fns.items()}
 
 
-def _plain_dtype(*args) -> np.dtype:
-    dtype = np.dtype(*args)
-    if dtype.hasobject:  # an object array would unpickle arbitrary objects as its items
-        raise pickle.UnpicklingError(f"object arrays ({dtype}) are not allowed")
+PLAIN_KINDS = "biuf"  # bool, int, uint, float: CIFAR's pixels (uint8) and labels; never objects, records, strings
+
+
+def _check_plain(dtype: np.dtype) -> None:
+    canonical = np.dtype(dtype.str)
+    plain = dtype.kind in PLAIN_KINDS and canonical.kind in PLAIN_KINDS and not dtype.hasobject and \
+        dtype.fields is None and dtype.subdtype is None and \
+        (dtype.itemsize, dtype.alignment, dtype.flags) == (canonical.itemsize, canonical.alignment, canonical.flags)
+    if not plain:  # an object array would unpickle arbitrary objects as its items, a forged one read raw memory
+        raise pickle.UnpicklingError(f"only plain numeric arrays are allowed, not {dtype!r}")
+
+
+def _plain_dtype(spec, align=False, copy=True) -> np.dtype:
+    dtype = np.dtype(spec, bool(align), True)  # always a copy: a state applied to it must not reach numpy's own
+    _check_plain(dtype)
     return dtype
 
 
@@ -445,10 +456,24 @@ def _latin1(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
-class _ArrayUnpickler(pickle.Unpickler):
+class _ArrayUnpickler(pickle._Unpickler):
     """Unpickles dicts, lists, bytes and plain numpy arrays, nothing else: the globals a CIFAR batch needs (numpy's
     array and scalar reconstruction under its 1.x and 2.x module names, the dtype, and Python 2/3 byte strings).
-    Any other global, the way a pickle runs code, is refused."""
+    Any other global, the way a pickle runs code, is refused. It is pickle's Python implementation, because the
+    state a pickle applies to an object (BUILD) must be checked too: numpy's dtype.__setstate__ accepts forged
+    flags (a uint8 that claims to hold objects), which would make the array that follows read raw memory."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _build(self) -> None:
+        target = self.stack[-2]
+        if not isinstance(target, (np.ndarray, np.dtype)):
+            raise pickle.UnpicklingError(f"refusing to set the state of a {type(target).__name__}")
+        pickle._Unpickler.load_build(self)
+        if isinstance(target, np.dtype):
+            _check_plain(target)
+
+    dispatch[pickle.BUILD[0]] = _build
 
     def find_class(self, module: str, name: str):
         allowed = _CIFAR_GLOBALS.get((module, name))
