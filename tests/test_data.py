@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnzoo.augment import Augmentation
 from cnnzoo.data import load_data, split_data
 from cnnzoo.errors import UserError
 from cnnzoo.images import fit_images
@@ -67,8 +68,8 @@ def test_affine_augmentation_keeps_labels_and_brightness(digits):
 
 def test_crop_augmentation_is_a_shift_and_keeps_labels():
     digits = load_data("digits", limit=64)
-    digits.train.affine, digits.train.pad = False, 4
-    loader = digits.loader("train", 64, train=True, seed=0)
+    crop = Augmentation.build("crop-flip", "affine", flip=False, crop_pad=4, crop_scale=(0.35, 1))
+    loader = digits.loader("train", 64, train=True, seed=0, augment=crop)
     x, y, idx = next(iter(loader))
     fitted = _fitted(digits)
     plain = (fitted[idx].float() / 255 - digits.spec.mean[0]) / digits.spec.std[0]
@@ -133,7 +134,7 @@ def test_cifar_archive_and_extracted_folder(tmp_path, name, classes):
     data = load_data(name, tmp_path / "a")
     n_train = 20 if classes == 10 else 4
     assert data.train.images.shape == (n_train, 3, 32, 32) and len(data.val) == 4 and data.num_classes == classes
-    assert data.train.pad == 4 and data.train.flip
+    assert data.aug_defaults == dict(aug="crop-flip", flip=True, crop_pad=4, crop_scale=(0.35, 1.0))
     with tarfile.open(next((tmp_path / "a").iterdir())) as tar:
         tar.extractall(tmp_path / "b", filter="data")
     again = load_data(name, tmp_path / "b")

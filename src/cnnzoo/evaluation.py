@@ -1,8 +1,11 @@
-"""Evaluate a checkpoint: top-1/top-5 (micro-averaged: correct images / images), loss, per-class precision,
-recall and F1, the confusion matrix (CSV and PNG) and the misclassified images.
+"""Evaluate a checkpoint, or an ensemble of checkpoints, with optional test-time augmentation: top-1/top-5
+(micro-averaged: correct images / images), loss, per-class precision, recall and F1 with their macro averages and
+the balanced accuracy, the confusion matrix (CSV, and a PNG of the counts beside the row-normalised rates) and the
+misclassified images. An ensemble's report also gives each member's own scores.
 
 Note on averaging: torchmetrics' MulticlassAccuracy defaults to *macro* averaging (mean of per-class recalls);
-the accuracy here is the micro one, the number papers and torchvision report.
+the accuracy here is the micro one, the number papers and torchvision report; the macro one is reported as the
+balanced accuracy (scikit-learn's name), over the classes present in the split.
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from cnnzoo import distributed as ddp
 from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.data import Data, load_data_for
+from cnnzoo.ensemble import check_members, mean_probabilities, tta_views
 
 __all__ = ["EvalReport", "evaluate", "run_eval"]
 
@@ -35,19 +41,45 @@ class EvalReport:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     per_class: list[dict] = field(default_factory=list)  # name, precision, recall, f1, support
     misclassified: list[dict] = field(default_factory=list)  # path, true, predicted, probability
+    members: list[dict] = field(default_factory=list)  # ensemble or TTA: each checkpoint's path, top1, top5, loss
+    tta: str = "none"
+
+    @property
+    def macro(self) -> dict:
+        """Precision, recall and F1 averaged over the classes, each class counting once (scikit-learn's
+        average="macro": classes absent from the split count with 0)."""
+        return {k: round(float(np.mean([r[k] for r in self.per_class])), 6) for k in ("precision", "recall", "f1")}
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall of the classes present in the split (scikit-learn's balanced_accuracy_score)."""
+        present = [r["recall"] for r in self.per_class if r["support"]]
+        return round(float(np.mean(present)), 6) if present else 0.0
 
     def table(self) -> str:
         width = max(10, *(len(c) for c in self.classes))
+        macro = self.macro
         lines = [f"top-1 {self.top1:.4f}   top-5 {self.top5:.4f}   loss {self.loss:.4f}   ({self.images} images, "
-                 f"{len(self.misclassified)} misclassified)", "",
-                 f"{'class':<{width}}  precision     recall         f1    support"]
+                 f"{len(self.misclassified)} misclassified)",
+                 f"balanced accuracy {self.balanced_accuracy:.4f}   macro precision {macro['precision']:.4f}   "
+                 f"recall {macro['recall']:.4f}   F1 {macro['f1']:.4f}"]
+        if self.members:
+            how = "ensemble" if len(self.members) > 1 else "model"
+            tta = f" with test-time augmentation {self.tta}" if self.tta != "none" else ""
+            lines += ["", f"{how} of {len(self.members)}{tta}:"]
+            lines += [f"  {m['path']}: top-1 {m['top1']:.4f}   top-5 {m['top5']:.4f}   loss {m['loss']:.4f}"
+                      for m in self.members]
+            lines += [f"  {how}: top-1 {self.top1:.4f}   top-5 {self.top5:.4f}   loss {self.loss:.4f}"]
+        lines += ["", f"{'class':<{width}}  precision     recall         f1    support"]
         lines += [f"{r['name']:<{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  "
                   f"{r['support']:>9}" for r in self.per_class]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return dict(top1=self.top1, top5=self.top5, loss=self.loss, images=self.images, classes=self.classes,
-                    per_class=self.per_class, confusion=self.confusion, misclassified=self.misclassified)
+        return dict(top1=self.top1, top5=self.top5, loss=self.loss, images=self.images,
+                    balanced_accuracy=self.balanced_accuracy, macro=self.macro, classes=self.classes,
+                    per_class=self.per_class, confusion=self.confusion, members=self.members, tta=self.tta,
+                    misclassified=self.misclassified)
 
     def write(self, folder: str | Path) -> list[Path]:
         """confusion.csv, confusion.png, misclassified.csv and eval.json in ``folder``."""
@@ -67,30 +99,41 @@ class EvalReport:
         return paths
 
 
+MAX_LABELLED = 30  # classes up to which tick labels and cell values stay legible
+
+
 def _plot_confusion(report: EvalReport, path: Path) -> None:
-    import matplotlib
+    """The counts and the row-normalised rates (recall on the diagonal) side by side, each with a colour bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    counts = np.asarray(report.confusion, dtype=np.int64)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     k = len(report.classes)
-    size = min(12.0, 2.5 + 0.45 * k)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(report.confusion, cmap="Blues")
-    if k <= 30:  # tick labels and counts stay legible up to about 30 classes
-        ax.set_xticks(range(k), report.classes, rotation=90)
-        ax.set_yticks(range(k), report.classes)
-        peak = max(max(r) for r in report.confusion) or 1
-        for i, row in enumerate(report.confusion):
-            for j, v in enumerate(row):
-                if v:
-                    ax.text(j, i, v, ha="center", va="center", fontsize=7, color="white" if v > peak / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"top-1 {report.top1:.4f} on {report.images} images")
+    side = min(9.0, 2.2 + 0.38 * k)
+    fig = Figure(figsize=(2 * side + 1.6, side + 0.9))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    panels = ((axes[0], counts, "counts", lambda v: f"{v:d}"),
+              (axes[1], rates, "share of each true class (rows sum to 1)", lambda v: f"{v:.2f}"))
+    for ax, values, title, fmt in panels:
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if values is counts else 1)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if k <= MAX_LABELLED:
+            ax.set_xticks(range(k), report.classes, rotation=90, fontsize=8)
+            ax.set_yticks(range(k), report.classes, fontsize=8)
+            peak = values.max() or 1
+            for i, j in zip(*np.nonzero(counts)):
+                ax.text(j, i, fmt(values[i, j]), ha="center", va="center", fontsize=7 if k <= 15 else 5,
+                        color="white" if values[i, j] > peak / 2 else "black")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"top-1 {report.top1:.4f}, balanced accuracy {report.balanced_accuracy:.4f} on {report.images} "
+                 "images" + (f" (ensemble of {len(report.members)})" if len(report.members) > 1 else ""),
+                 fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(str(path), dpi=100)
 
 
 def _per_class(confusion: torch.Tensor, classes: list[str]) -> list[dict]:
@@ -143,27 +186,75 @@ def run_eval(model: nn.Module, loader, num_classes: int, *, env: ddp.DistEnv | N
     return result
 
 
-def evaluate(checkpoint: str | Path | Checkpoint, data: Data | None = None, *, split: str = "val",
-             batch_size: int = 256, device: str | None = None, workers: int = 2, **data_options) -> EvalReport:
-    """Evaluate a checkpoint on ``data`` (default: the dataset it was trained on, loaded with its recorded
-    options updated by ``data_options`` such as name, data_dir, limit), on its validation split by default.
+def evaluate(checkpoint: str | Path | Checkpoint | Sequence[str | Path | Checkpoint], data: Data | None = None, *,
+             split: str = "val", batch_size: int = 256, device: str | None = None, workers: int = 2,
+             tta: str = "none", **data_options) -> EvalReport:
+    """Evaluate a checkpoint, or an ensemble of several (a list), on ``data`` (default: the dataset the first was
+    trained on, loaded with its recorded options updated by ``data_options`` such as name, data_dir, limit), on
+    its validation split by default, optionally with test-time augmentation ``tta`` (cnnzoo.ensemble.TTA_MODES).
 
-    Images are preprocessed by the checkpoint's own input contract (its card), never the dataset's statistics, so
-    the number equals the fraction ``predict`` gets right on the same image files. Refuses a dataset whose classes
-    differ from the checkpoint's: the indices would silently mean other classes.
+    Images are preprocessed by each checkpoint's own input contract (its card), never the dataset's statistics,
+    so the number equals the fraction ``predict`` gets right on the same image files. Refuses a dataset whose
+    classes differ from the checkpoint's (the indices would silently mean other classes), and an ensemble whose
+    members' classes differ. An ensemble averages its members' probabilities; its report lists each member's
+    own top-1, top-5 and loss.
     """
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    card = ckpt.card
-    data = data or load_data_for(card, **data_options)
-    data.check_classes(list(card.classes))
+    many = isinstance(checkpoint, (list, tuple))
+    ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c) for c in (checkpoint if many else [checkpoint])]
+    check_members([c.card for c in ckpts], [str(c.path) for c in ckpts])
+    data = data or load_data_for(ckpts[0].card, **data_options)
+    data.check_classes(list(ckpts[0].card.classes))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(ckpt).to(dev)
-    loader = data.loader(split, batch_size, train=False, spec=card.input, device=dev, workers=workers)
-    r = run_eval(model, loader, data.num_classes, collect=True, channels_last=getattr(model, "channels_last", False))
+    loading = dict(split=split, batch_size=batch_size, device=dev, workers=workers)
+    if len(ckpts) == 1 and tta == "none":  # the trainer's own validation loop: the numbers it reported
+        ckpt = ckpts[0]
+        model = build_model(ckpt).to(dev)
+        loader = data.loader(split, batch_size, train=False, spec=ckpt.card.input, device=dev, workers=workers)
+        r = run_eval(model, loader, data.num_classes, collect=True,
+                     channels_last=getattr(model, "channels_last", False))
+        return _report(data, split, r)
+    labels = getattr(data, split).labels
+    probabilities = [_probabilities(ckpt, data, tta, **loading) for ckpt in ckpts]
+    members = [dict(path=str(ckpt.path), **{k: v for k, v in _scores(p, labels).items() if k in ("top1", "top5",
+                                                                                               "loss")})
+               for ckpt, p in zip(ckpts, probabilities)]
+    return _report(data, split, _scores(mean_probabilities(probabilities), labels), members, tta)
+
+
+@torch.inference_mode()
+def _probabilities(ckpt: Checkpoint, data: Data, tta: str, *, split: str, batch_size: int, device: torch.device,
+                   workers: int) -> np.ndarray:
+    """N x K class probabilities of one checkpoint over a split, in the split's order, averaged over TTA views."""
+    tta_views(np.zeros((1, 1, 2, 2), np.float32), tta)  # an unknown mode fails before the model is built
+    model = build_model(ckpt).to(device).eval()
+    memory = torch.channels_last if getattr(model, "channels_last", False) else torch.contiguous_format
+    loader = data.loader(split, batch_size, train=False, spec=ckpt.card.input, device=device, workers=workers)
+    out = []
+    for x, _, _ in loader:
+        views = [torch.from_numpy(v).to(device).contiguous(memory_format=memory)
+                 for v in tta_views(x.cpu().numpy(), tta)]
+        out.append(mean_probabilities([model(v).double().softmax(1).cpu().numpy() for v in views]))
+    return np.concatenate(out)
+
+
+def _scores(probabilities: np.ndarray, labels: torch.Tensor) -> dict:
+    """run_eval's numbers from class probabilities (an ensemble's or TTA's): loss is the mean negative log of the
+    true class's probability."""
+    p = torch.from_numpy(np.asarray(probabilities, dtype=np.float64))
+    k = p.shape[1]
+    top = p.topk(min(5, k), 1).indices
+    loss = -p[torch.arange(len(labels)), labels].clamp(min=1e-12).log().mean().item()
+    confusion = torch.bincount(labels * k + top[:, 0], minlength=k * k).view(k, k)
+    return dict(loss=loss, top1=(top[:, 0] == labels).double().mean().item(),
+                top5=(top == labels[:, None]).any(1).double().mean().item(), images=len(labels), confusion=confusion,
+                predictions=list(zip(range(len(labels)), top[:, 0].tolist(), p.max(1).values.tolist())))
+
+
+def _report(data: Data, split: str, r: dict, members: list[dict] | None = None, tta: str = "none") -> EvalReport:
     part, classes = getattr(data, split), list(data.classes)
     labels = part.labels.tolist()
     wrong = [dict(path=part.name(i), true=classes[labels[i]], predicted=classes[p], probability=round(prob, 6))
              for i, p, prob in r["predictions"] if p != labels[i]]
     return EvalReport(top1=r["top1"], top5=r["top5"], loss=r["loss"], images=r["images"], classes=classes,
                       confusion=r["confusion"].tolist(), per_class=_per_class(r["confusion"], classes),
-                      misclassified=wrong)
+                      misclassified=wrong, members=members or [], tta=tta)

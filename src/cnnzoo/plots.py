@@ -1,8 +1,9 @@
-"""Figures: training curves of several runs overlaid, and the accuracy-versus-compute chart of the zoo.
+"""Figures: a training run's curves, several runs' curves overlaid, and the accuracy-versus-compute chart of the zoo.
 
 matplotlib's object API on the Agg canvas (no pyplot, so no global state and no display): each ``*_figure``
-function returns a Figure, ``save_png`` writes it. The trainer's single-run curves can use ``runs_figure`` with
-one run.
+function returns a Figure, ``save_png`` writes it. The trainer draws ``training_figure`` into a run's curves.png;
+`cnnzoo plot` and `cnnzoo compare RUN ...` overlay runs with ``runs_figure``. A loss axis is logarithmic when the
+losses span more than a decade (one validation spike would flatten every other epoch into a line).
 
 Labels of the chart are placed greedily, most crowded last: each tries rings of positions around its bubble
 (right, left, above, below, then the diagonals, farther out each ring) and takes the first one that overlaps no
@@ -21,9 +22,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from matplotlib.ticker import FuncFormatter
 
-__all__ = ["ChartPoint", "runs_figure", "accuracy_figure", "save_png", "plot_runs", "label_boxes"]
+__all__ = ["ChartPoint", "training_figure", "plot_training", "runs_figure", "accuracy_figure", "save_png", "plot_runs",
+           "label_boxes"]
 
 LOG_LOSS_RATIO = 10.0  # a loss axis whose largest/smallest value exceed this (a decade) is drawn on a log scale
 MAX_BUBBLE = 1600.0  # area in points^2 of the largest network's bubble; the others scale with their parameters
@@ -61,6 +64,67 @@ def _colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _loss_scale(ax, losses: Sequence[float]) -> None:
+    positive = [v for v in losses if v > 0]
+    if positive and max(positive) / min(positive) > LOG_LOSS_RATIO:
+        ax.set_yscale("log")
+
+
+# One run's curves: (metrics.jsonl key, label, colour, style); an EMA of the weights is drawn where the run has one.
+_SERIES = [("train", "train", "tab:blue", "--"), ("val", "validation", "tab:orange", "-"),
+           ("ema_val", "validation (EMA weights)", "tab:green", "-")]
+
+
+def training_figure(epochs: Sequence[Mapping], title: str = "",
+                    lr: tuple[Sequence[float], Sequence[float]] | None = None) -> Figure:
+    """One run: loss and top-1 per epoch (train dashed, validation solid, the EMA's validation where there is
+    one, the best validation epoch marked) and, with ``lr`` ((epochs, learning rates) at steps), a panel of the
+    learning-rate schedule.
+
+    Args:
+        epochs: metrics.jsonl rows (epoch, train_loss, val_loss, train_top1, val_top1, optionally ema_val_*).
+        title: the run in words (model, data, optimiser); may hold a line break.
+        lr: the learning rate along the run, x in epochs.
+    """
+    fig = Figure(figsize=(13 if lr else 10, 4.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3 if lr else 2, gridspec_kw={"width_ratios": [1, 1, 0.8] if lr else [1, 1]})
+    loss_ax, top1_ax = axes[0], axes[1]
+    x = [e["epoch"] for e in epochs]
+    for key, label, colour, style in _SERIES:
+        if f"{key}_loss" not in epochs[0]:
+            continue
+        loss_ax.plot(x, [e[f"{key}_loss"] for e in epochs], style, color=colour, marker=".", lw=1.4, label=label)
+        top1_ax.plot(x, [100 * e[f"{key}_top1"] for e in epochs], style, color=colour, marker=".", lw=1.4,
+                     label=label)
+    _loss_scale(loss_ax, [e[k] for e in epochs for k in ("train_loss", "val_loss") if k in e])
+    best = max(epochs, key=lambda e: e["val_top1"])
+    top1_ax.annotate(f"best {100 * best['val_top1']:.2f}%\n(epoch {best['epoch']})", (best["epoch"],
+                     100 * best["val_top1"]), xytext=(0, -28), textcoords="offset points", ha="center", fontsize=8,
+                     arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6))
+    panels = [(loss_ax, "loss"), (top1_ax, "top-1 accuracy (%)")]
+    if lr:
+        axes[2].plot(lr[0], lr[1], color="tab:purple", lw=1.4)
+        axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        panels.append((axes[2], "learning rate (classifier)"))
+    for ax, name in panels:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    top1_ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training(epochs: Sequence[Mapping], path: str | Path, title: str = "",
+                  lr: tuple[Sequence[float], Sequence[float]] | None = None) -> Path:
+    """``training_figure`` written as a PNG (a run's curves.png)."""
+    return save_png(training_figure(epochs, title, lr), path, dpi=100)
+
+
 def runs_figure(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     """Loss and top-1 per epoch of several runs on two panels: one colour per run, training dashed, validation
     solid; the loss axis is logarithmic when the losses span more than a decade.
@@ -76,9 +140,7 @@ def runs_figure(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
         for split, style in (("train", "--"), ("val", "-")):
             loss_ax.plot(x, [e[f"{split}_loss"] for e in epochs], style, color=colour, marker=".", lw=1.4)
             top1_ax.plot(x, [100 * e[f"{split}_top1"] for e in epochs], style, color=colour, marker=".", lw=1.4)
-    losses = [v for epochs in runs.values() for e in epochs for v in (e["train_loss"], e["val_loss"]) if v > 0]
-    if losses and max(losses) / min(losses) > LOG_LOSS_RATIO:
-        loss_ax.set_yscale("log")
+    _loss_scale(loss_ax, [v for epochs in runs.values() for e in epochs for v in (e["train_loss"], e["val_loss"])])
     for ax, title in ((loss_ax, "loss"), (top1_ax, "top-1 accuracy (%)")):
         ax.set_xlabel("epoch")
         ax.set_title(title)

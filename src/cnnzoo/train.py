@@ -28,19 +28,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnnzoo import distributed as ddp
 from cnnzoo.artifact import ModelCard
+from cnnzoo.augment import Augmentation, BatchStage
 from cnnzoo.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, write_class_indices
-from cnnzoo.data import Data
+from cnnzoo.data import Data, mix_seed
 from cnnzoo.errors import UserError
 from cnnzoo.evaluation import run_eval
 from cnnzoo.options import TRAIN_OPTIONS, check, check_needs
 from cnnzoo.registry import check_input_size, create_model, model_info
 
 __all__ = ["TrainConfig", "History", "OPTIMIZERS", "SCHEDULES", "FAMILY_DEFAULTS", "NonFiniteLossError",
-           "StopRequest", "build_for_data", "resolve_defaults", "train_one_epoch", "fit", "find_resumable",
-           "resume_plan"]
+           "StopRequest", "build_for_data", "resolve_defaults", "resolve_config", "augmentation", "train_one_epoch",
+           "fit", "find_resumable", "resume_plan", "load_recipe"]
 
 
 @dataclass
@@ -81,6 +83,22 @@ class TrainConfig:
     new_fc: bool = False  # keep the initial classifier and append Linear(old classes, data classes)
     lr_backbone: float | None = None  # learning rate of everything but the classifier; None: lr
     force: bool = False  # write into an --out folder that holds an earlier run's files (they are replaced)
+    # Augmentation (cnnzoo.augment); None fields take the data's own choice (cnnzoo.data.Data.aug_defaults).
+    aug: str | None = None  # a preset of cnnzoo.augment.PRESETS
+    flip: bool | None = None  # random horizontal flips (the data's choice: never for handwriting)
+    crop_pad: int | None = None  # pixels at the input size: pad-crop's padding, affine's largest shift
+    crop_scale: tuple[float, float] | None = None  # area fraction range of the resized crop ("imagenet")
+    erase: float = 0.0  # probability of random erasing per image (0.25 is common)
+    mixup: float = 0.0  # Beta alpha of mixup (0.2 is common); 0: off
+    cutmix: float = 0.0  # Beta alpha of cutmix (1.0 is common); 0: off; with mixup, one of them per batch
+    # Regularisers and controls.
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0.999 ...), evaluated each epoch
+    patience: int | None = None  # stop when val top-1 has not improved for this many epochs
+    clip_grad: float | None = None  # clip the global L2 norm of the gradients to this
+    class_weights: bool = False  # weight each class's loss by 1 / its share of the training images
+    balanced: bool = False  # draw every class equally often (with replacement) instead of a permutation
+    drop_path: float | None = None  # stochastic depth: drop rate of the deepest block (networks that have it)
+    tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard, beside metrics.jsonl
 
     def __post_init__(self):
         # Every construction and dataclasses.replace passes here, so the Python API is checked like the CLI,
@@ -193,7 +211,8 @@ class History:
     best_metric: float = -1.0
     run_dir: Path | None = None
     interrupted: bool = False  # stopped by a signal or max_steps: last.pt resumes it
-    stop_reason: str | None = None  # "signal" | "max_steps" when interrupted
+    stop_reason: str | None = None  # "signal" | "max_steps" when interrupted; "patience": stopped early, complete
+    already_complete: bool = False  # a resumed run that had nothing left to do
     resumed_from: Path | None = None
     is_main: bool = True  # False on the other ranks of a distributed run (they write and print nothing)
 
@@ -223,12 +242,58 @@ def resolve_defaults(config: TrainConfig, model_name: str) -> TrainConfig:
     return config
 
 
-def build_for_data(model_name: str, data: Data, small_input: bool = False, seed: int = 0, **kwargs) -> nn.Module:
+def resolve_config(config: TrainConfig, model_name: str, data: Data) -> TrainConfig:
+    """The recipe a run records: resolve_defaults (the family's optimisation defaults), then the augmentation
+    fields left None filled with the data's own choice (Data.aug_defaults) and checked (their ranges are
+    cnnzoo.options')."""
+    config = resolve_defaults(config, model_name)
+    filled = {k: v for k, v in data.aug_defaults.items() if getattr(config, k) is None}
+    config = dataclasses.replace(config, **filled)
+    config = dataclasses.replace(config, crop_scale=tuple(float(v) for v in config.crop_scale))
+    if config.class_weights and config.balanced:
+        raise UserError("--class-weights and --balanced both correct for imbalance; choose one")
+    augmentation(config, data)  # checks the augmentation's options
+    if config.tensorboard:
+        _summary_writer()  # a missing package is one line before anything is written
+    return config
+
+
+def augmentation(config: TrainConfig, data: Data) -> Augmentation:
+    """The training augmentation of a resolved config (cnnzoo.augment): a policy preset takes the geometry of the
+    data's own preset."""
+    return Augmentation.build(config.aug, data.aug_defaults["aug"], flip=config.flip, crop_pad=config.crop_pad,
+                              crop_scale=config.crop_scale, erase=config.erase, mixup=config.mixup,
+                              cutmix=config.cutmix)
+
+
+DROP_PATH_ARGS = ("drop_path_rate", "drop_path")  # what the families' constructors call their stochastic depth
+
+
+def drop_path_kwargs(model_name: str, rate: float | None, **kwargs) -> dict:
+    """``{argument: rate}`` for the constructor of ``model_name`` (found on the meta device, at no cost), {} for
+    None; a UserError when the network has no stochastic depth."""
+    if rate is None:
+        return {}
+    for key in DROP_PATH_ARGS:
+        try:
+            with torch.device("meta"):
+                create_model(model_name, **kwargs, **{key: rate})
+            return {key: rate}
+        except TypeError:
+            continue
+    raise UserError(f"{model_name} has no stochastic depth (its constructor takes no drop_path_rate); "
+                    "drop --drop-path")
+
+
+def build_for_data(model_name: str, data: Data, small_input: bool = False, seed: int = 0,
+                   drop_path: float | None = None, **kwargs) -> nn.Module:
     """create_model with the class count and input channels of ``data``, its initial weights drawn from ``seed``
-    (without touching the global generator); records how it was built for checkpoints."""
+    (without touching the global generator), stochastic depth ``drop_path`` where the network has it; records how
+    it was built for checkpoints."""
     model_kwargs = dict(num_classes=data.num_classes, in_chans=data.input_size[0], **kwargs)
     if small_input:
         model_kwargs["small_input"] = True
+    model_kwargs.update(drop_path_kwargs(model_name, drop_path, **model_kwargs))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create_model(model_name, **model_kwargs)
@@ -258,6 +323,10 @@ class _Step:
     max_steps: int | None
     freeze_norms: bool
     progress: bool
+    seed: int = 0  # of the batch-level augmentation's draws (with epoch, batch and rank)
+    batch_stage: BatchStage | None = None  # random erasing, mixup / cutmix (cnnzoo.augment)
+    clip_grad: float | None = None
+    ema: AveragedModel | None = None  # the weights' moving average, updated after every optimizer step
 
 
 class StopRequest:
@@ -310,11 +379,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     loader.set_epoch(epoch)
     bar = _progress(len(loader), start, epoch, step.env.is_main and step.progress)
     t0, seen0, done, stopped = time.perf_counter(), stats["seen"], start, False
-    for x, y, _ in loader.iterate(start):
+    for batch, (x, y, _) in enumerate(loader.iterate(start), start):
         if step.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        target = y
+        if step.batch_stage is not None:  # mixup / cutmix make the targets class probabilities
+            x, target = step.batch_stage(x, y, mix_seed(step.seed, epoch, batch, step.env.rank))
         with step.autocast:
-            loss, logits = _loss(model(x), y, step.criterion, step.aux_weight)
+            loss, logits = _loss(model(x), target, step.criterion, step.aux_weight)
         global_step += 1
         stop = step.stop.requested or (step.max_steps is not None and global_step >= step.max_steps)
         # One collective per step decides for every rank: a NaN or a stop on any rank acts on all of them.
@@ -322,13 +394,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if flags[0] > 0:
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {global_step}; stopping "
                                      "(the last good checkpoint is kept; try a lower --lr or --warmup)")
-        optimizer.zero_grad(set_to_none=True)
-        step.scaler.scale(loss).backward()
-        step.scaler.step(optimizer)
-        step.scaler.update()
+        _update(model, optimizer, loss, step)
         scheduler.step()
         stats["loss"] += loss.item() * len(y)
-        stats["correct"] += int((logits.argmax(1) == y).sum())
+        stats["correct"] += int((logits.argmax(1) == (target.argmax(1) if target.ndim == 2 else y)).sum())
         stats["seen"] += len(y)
         done += 1
         if bar is not None:
@@ -343,6 +412,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         bar.close()
     return dict(stats=stats, seen_now=stats["seen"] - seen0, next_batch=done, global_step=global_step, stopped=stopped,
                 seconds=time.perf_counter() - t0)
+
+
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: _Step) -> None:
+    """Backward, gradient clipping (on the unscaled gradients), optimizer step, then the moving average."""
+    optimizer.zero_grad(set_to_none=True)
+    step.scaler.scale(loss).backward()
+    if step.clip_grad is not None:
+        step.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], step.clip_grad)
+    step.scaler.step(optimizer)
+    step.scaler.update()
+    if step.ema is not None:
+        step.ema.update_parameters(model)
 
 
 def _progress(total: int, start: int, epoch: int, show: bool):
@@ -503,35 +585,42 @@ def _save_last(run_dir: Path, card: ModelCard, state: dict, record: dict, keep_l
         stale.unlink(missing_ok=True)
 
 
-def _write_curves(run_dir: Path, epochs: list[dict]) -> None:
-    import matplotlib
+def _write_curves(run: _Run) -> None:
+    """curves.png (cnnzoo.plots.training_figure): loss, top-1 and the learning rate the schedule gave each step."""
+    from cnnzoo.plots import plot_training
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [e["epoch"] for e in epochs]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key, title in ((ax1, "loss", "loss"), (ax2, "top1", "top-1 accuracy")):
-        ax.plot(x, [e[f"train_{key}"] for e in epochs], "o-", label="train")
-        ax.plot(x, [e[f"val_{key}"] for e in epochs], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=100)
-    plt.close(fig)
+    c, per_epoch = run.config, len(run.train_loader)
+    total = c.epochs * per_epoch
+    factor = run.scheduler.lr_lambdas[0]
+    steps = range(0, total + 1, max(1, total // 400))
+    lr = ([t / per_epoch for t in steps], [c.lr * factor(t) for t in steps])
+    title = (f"{run.card.model_name} on {run.data.name} ({len(run.data.train)} images, "
+             f"{run.card.input.describe()}): {c.opt} lr {c.lr:g}, {c.sched}, batch {c.batch_size} x {run.env.world}, "
+             f"weight decay {c.weight_decay:g}\naugmentation {run.aug.describe()}{_regularisers(c, ', ')}")
+    plot_training(run.history.epochs, run.run_dir / "curves.png", title=title, lr=lr)
 
 
 COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "img_s", "time")
+EMA_COLUMNS = ("ema_val_loss", "ema_val_top1")  # after val_top5 when the run keeps a moving average
 
 
-FORMATS = {"lr": ">10.2e", "img_s": ">10.0f", "time": ">10.2f"}  # the other float columns: 4 decimals
+FORMATS = {"lr": ".2e", "img_s": ".0f", "time": ".2f"}  # the other float columns: 4 decimals
 
 
-def _line(row: dict) -> str:
-    return "  ".join(f"{row[c]:{FORMATS.get(c, '>10.4f')}}" if isinstance(row[c], float) else f"{row[c]:>10}"
-                     for c in COLUMNS)
+def _columns(run: _Run) -> tuple[str, ...]:
+    if run.step.ema is None:
+        return COLUMNS
+    at = COLUMNS.index("val_top5") + 1
+    return COLUMNS[:at] + EMA_COLUMNS + COLUMNS[at:]
+
+
+def _line(row: dict, columns: tuple[str, ...] = COLUMNS) -> str:
+    def cell(c: str) -> str:
+        width = max(10, len(c))
+        value = row[c]
+        return f"{value:>{width}{FORMATS.get(c, '.4f')}}" if isinstance(value, float) else f"{value:>{width}}"
+
+    return "  ".join(cell(c) for c in columns)
 
 
 # ------------------------------------------------------------------------------------------------- fit
@@ -539,14 +628,16 @@ def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None, s
         ) -> History:
     """Train ``model`` (a registered name, or a network from build_for_data / create_model) on ``data``.
 
-    Writes the run folder (config.json, metrics.jsonl, curves.png, class_indices.json, last.pt, best.pt) on
-    rank 0 and returns the History. Under torchrun every process calls fit; a restarted worker group resumes
-    from last.pt by itself. ``stop`` (see StopRequest.on_signals) lets the caller end the run resumably; fit
-    itself installs no signal handler.
+    Writes the run folder (config.json, metrics.jsonl, curves.png, class_indices.json, last.pt, best.pt, with
+    ``config.ema`` ema.pt, with ``config.tensorboard`` tensorboard/) on rank 0 and returns the History. None
+    fields of ``config`` take the model family's defaults and the data's augmentation (resolve_config). Under
+    torchrun every process calls fit; a restarted worker group resumes from last.pt by itself. ``stop`` (see
+    StopRequest.on_signals) lets the caller end the run resumably; fit itself installs no signal handler.
     """
     config = config or TrainConfig()
     if isinstance(model, str):
-        model = build_for_data(model, data, small_input=config.small_input, seed=config.seed)
+        model = build_for_data(model, data, small_input=config.small_input, seed=config.seed,
+                               drop_path=config.drop_path)
     built = getattr(model, "cnnzoo_spec", None)
     if built is None:
         raise UserError("fit needs a registered model name or a model built by cnnzoo.create_model")
@@ -555,7 +646,8 @@ def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None, s
     if appended is None:  # reset_classifier may have changed the class count
         kwargs["num_classes"] = model.num_classes
     card = ModelCard(built["model_name"], kwargs, tuple(data.classes), data.spec, appended, {"data": data.options})
-    config = resolve_defaults(config, card.model_name)
+    config = resolve_config(config, card.model_name, data)
+    _check_drop_path(card, config)
     # Before any run folder exists: an input the network cannot take is one line, not a traceback mid-epoch.
     check_input_size(card.model_name, card.input.size, train=True, **card.model_kwargs)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
@@ -569,6 +661,15 @@ def fit(model: nn.Module | str, data: Data, config: TrainConfig | None = None, s
     finally:
         if owns_group:
             ddp.teardown()
+
+
+def _check_drop_path(card: ModelCard, config: TrainConfig) -> None:
+    """A model built before fit cannot take --drop-path any more: its blocks have their rates."""
+    built = next((card.model_kwargs[k] for k in DROP_PATH_ARGS if k in card.model_kwargs), None)
+    if config.drop_path is not None and built != config.drop_path:
+        raise UserError(f"the {card.model_name} given to fit was built with stochastic depth {built}, the config "
+                        f"asks for {config.drop_path}: build it with build_for_data(..., drop_path=...) or pass its "
+                        "name")
 
 
 @dataclass
@@ -588,9 +689,11 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     step: _Step
+    aug: Augmentation
     position: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "stats": None})
     global_step: int = 0
     elapsed: float = 0.0
+    tensorboard: object | None = None  # a torch.utils.tensorboard SummaryWriter on rank 0 with config.tensorboard
 
 
 def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, card: ModelCard,
@@ -607,29 +710,78 @@ def _fit(model: nn.Module, data: Data, config: TrainConfig, env: ddp.DistEnv, ca
         model.load_state_dict(ckpt.state_dict)
     elif config.init:
         model, card = _init_transfer(model, data, config, card, env)
+    config, aug = _fit_batch(config, data, env), augmentation(config, data)
+    card = dataclasses.replace(card, extra=dict(card.extra, augment=aug.describe()))
     channels_last = model.channels_last if config.channels_last is None else config.channels_last
     model.to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     loader_args = dict(spec=card.input, device=env.device, rank=env.rank, world=env.world, workers=config.workers)
-    train_loader = data.loader("train", config.batch_size, train=True, seed=config.seed, **loader_args)
+    train_loader = data.loader("train", config.batch_size, train=True, seed=config.seed, augment=aug,
+                               balanced=config.balanced, **loader_args)
     val_loader = data.loader("val", config.eval_batch_size, train=False, **loader_args)
     optimizer = OPTIMIZERS[config.opt](_param_groups(model, config), config)
+    step = _make_step(config, env, channels_last, stop, model, data, aug)
     run = _Run(model, model, data, config, env, card, run_dir, history, train_loader, val_loader, optimizer,
-               _schedule(optimizer, config, len(train_loader)), _make_step(config, env, channels_last, stop))
-    _print_header(run)
+               _schedule(optimizer, config, len(train_loader)), step, aug)
     if ckpt is not None:
         _restore_train_state(run, ckpt)
+        if _finished(run):
+            history.already_complete = True
+            ddp.print0(f"{run_dir} is already complete: {len(history.epochs)} epochs, best val top-1 "
+                       f"{history.best_metric:.4f}; nothing to do (a larger --epochs trains on)", env=env)
+            return history
+    _print_header(run)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(_record_config(run), indent=1, default=str) + "\n")
         write_class_indices(run_dir, data.classes)
+        run.tensorboard = _tensorboard(run_dir) if config.tensorboard else None
     run.net = ddp.wrap(model, env, config.sync_bn)
-    ddp.print0(_line({c: c for c in COLUMNS}), env=env)
+    ddp.print0(_line({c: c for c in _columns(run)}, _columns(run)), env=env)
     try:
         _loop(run)
     finally:
         if env.is_main and history.epochs:
-            _write_curves(run_dir, history.epochs)  # once at the end: matplotlib costs a second per figure
+            _write_curves(run)  # once at the end: matplotlib costs a second per figure
+        if run.tensorboard is not None:
+            run.tensorboard.close()
     return history
+
+
+def _fit_batch(config: TrainConfig, data: Data, env: ddp.DistEnv) -> TrainConfig:
+    """A batch larger than this process's share of the training set is shrunk to that share, with a notice."""
+    share = math.ceil(len(data.train) / env.world)
+    if config.batch_size <= share:
+        return config
+    where = " per process" if env.distributed else ""
+    ddp.print0(f"note: batch size {config.batch_size} is larger than the {share} training images{where}; "
+               f"using {share}", env=env, file=sys.stderr)
+    return dataclasses.replace(config, batch_size=share)
+
+
+FEW_STEPS = 10  # optimizer steps per epoch below which batch-norm running statistics lag the weights
+
+
+def _warn_few_steps(run: _Run) -> None:
+    """The warning a user of a tiny folder needs: with a handful of steps per epoch the BN running statistics
+    (momentum 0.1) still mostly describe the initial weights, so validation can sit at chance for epochs."""
+    steps = len(run.train_loader)
+    if steps >= FEW_STEPS or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.model.modules()):
+        return
+    share = math.ceil(len(run.data.train) / run.env.world)
+    batch = 2 ** int(math.log2(max(2, share // FEW_STEPS)))
+    ddp.print0(f"warning: {steps} step(s) an epoch: batch-norm running statistics lag the weights with so few "
+               f"updates, so validation can stay near chance while training accuracy rises; --batch-size {batch} "
+               f"gives {share // batch} steps an epoch", env=run.env, file=sys.stderr)
+
+
+# How the header and curves.png name the regularisers in use (the fields whose value is truthy).
+REGULARISER_TEXT = {"ema": "ema {:g}", "patience": "patience {}", "clip_grad": "clip-grad {:g}",
+                    "class_weights": "class weights", "balanced": "balanced sampler", "drop_path": "drop-path {:g}"}
+
+
+def _regularisers(c: TrainConfig, lead: str = "") -> str:
+    parts = [text.format(value) for key, text in REGULARISER_TEXT.items() if (value := getattr(c, key))]
+    return lead + ", ".join(parts) if parts else ""
 
 
 def _print_header(run: _Run) -> None:
@@ -639,10 +791,37 @@ def _print_header(run: _Run) -> None:
                f"{run.card.input.describe()}, {trainable:,} trainable parameters, {c.opt} lr {c.lr:g}, {c.sched}, "
                f"{c.epochs} epochs of {len(run.train_loader)} steps, batch {c.batch_size} x {env.world}, "
                f"{env.device}" + (", amp" if c.amp else ""), env=env)
+    ddp.print0(f"augmentation: {run.aug.describe()}" + _regularisers(c, "; "), env=env)
+    _warn_few_steps(run)
 
 
 def _record_config(run: _Run) -> dict:
     return dict(dataclasses.asdict(run.config), model=run.card.model_name, data=run.data.options)
+
+
+def _summary_writer() -> type:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter
+
+
+def _tensorboard(run_dir: Path):
+    return _summary_writer()(str(run_dir / "tensorboard"))
+
+
+# metrics.jsonl keys -> TensorBoard tags: one chart per metric, its splits (train, val, ema_val) together.
+TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "ema_val_loss": "loss/ema_val",
+                    "train_top1": "top1/train", "val_top1": "top1/val", "ema_val_top1": "top1/ema_val",
+                    "val_top5": "top5/val", "ema_val_top5": "top5/ema_val", "lr": "lr", "img_s": "img_s"}
+
+
+def _log_tensorboard(writer, row: dict) -> None:
+    for key, tag in TENSORBOARD_TAGS.items():
+        if key in row:
+            writer.add_scalar(tag, row[key], row["epoch"])
+    writer.flush()
 
 
 def _open_resume(config: TrainConfig, data: Data, card: ModelCard, history: History, env: ddp.DistEnv) -> Checkpoint:
@@ -661,12 +840,36 @@ def _restore_train_state(run: _Run, ckpt: Checkpoint) -> None:
     run.optimizer.load_state_dict(ts["optimizer"])
     run.scheduler.load_state_dict(ts["scheduler"])
     run.step.scaler.load_state_dict(ts["scaler"])
+    if run.step.ema is not None:
+        if "ema" in ts:
+            run.step.ema.load_state_dict(ts["ema"])
+        else:
+            ddp.print0("note: the checkpoint keeps no moving average; --ema starts one from its weights", env=run.env)
     run.history.epochs, run.history.best_metric = list(ts["history"]), ckpt.record["best_metric"]
     run.position = dict(ts["position"])
     if not run.env.is_main and run.position["stats"]:
         run.position["stats"] = _zero_stats()  # the file holds all ranks' sums; rank 0 carries them
     run.global_step, run.elapsed = ckpt.record["step"], ts["elapsed"]
     _set_rng_state(ts["rng"])  # last: building the model and loaders drew from the generators
+
+
+def _epochs_since_best(epochs: list[dict]) -> int:
+    """Epochs after the first one with the best val top-1 (early stopping's count, derived from the history
+    alone, so a resumed run counts exactly as the uninterrupted one)."""
+    if not epochs:
+        return 0
+    best = max(range(len(epochs)), key=lambda i: (epochs[i]["val_top1"], -i))
+    return len(epochs) - 1 - best
+
+
+def _patience_spent(run: _Run) -> bool:
+    return run.config.patience is not None and _epochs_since_best(run.history.epochs) >= run.config.patience
+
+
+def _finished(run: _Run) -> bool:
+    """A resumed run with nothing left: every epoch done (at an epoch boundary), or early stopping reached."""
+    at_end = run.position["epoch"] >= run.config.epochs and not run.position["batch"]
+    return at_end or _patience_spent(run)
 
 
 def _loop(run: _Run) -> None:
@@ -690,7 +893,14 @@ def _loop(run: _Run) -> None:
         improved = row["val_top1"] > history.best_metric
         history.best_metric = max(history.best_metric, row["val_top1"])
         _checkpoint(run, dict(epoch=epoch + 1, batch=0, stats=None), best=improved)
-        ddp.print0(_line(row), env=env)
+        ddp.print0(_line(row, _columns(run)), env=env)
+        if run.tensorboard is not None:
+            _log_tensorboard(run.tensorboard, row)
+        if _patience_spent(run) and epoch + 1 < run.config.epochs:
+            history.stop_reason = "patience"
+            ddp.print0(f"early stop: val top-1 has not improved for {run.config.patience} epochs (best "
+                       f"{history.best_metric:.4f})", env=env)
+            break
         if r["stopped"]:
             history.interrupted = epoch + 1 < run.config.epochs
             if history.interrupted:
@@ -707,41 +917,65 @@ def _reduce_stats(stats: dict, env: ddp.DistEnv) -> dict:
     return {"loss": t[0].item(), "correct": int(t[1]), "seen": int(t[2])} if env.distributed else dict(stats)
 
 
-def _make_step(config: TrainConfig, env: ddp.DistEnv, channels_last: bool, stop: StopRequest) -> _Step:
+def _class_weights(data: Data) -> torch.Tensor:
+    """n / (K x images of each class): a class's total weight is the same for every class (Keras' "balanced")."""
+    counts = torch.bincount(data.train.labels, minlength=data.num_classes).clamp(min=1).float()
+    return counts.sum() / (data.num_classes * counts)
+
+
+def _make_step(config: TrainConfig, env: ddp.DistEnv, channels_last: bool, stop: StopRequest, model: nn.Module,
+               data: Data, aug: Augmentation) -> _Step:
     cuda = env.device.type == "cuda"
     dtype = getattr(torch, config.amp_dtype or ("float16" if cuda else "bfloat16"))
     autocast = torch.autocast(env.device.type, dtype=dtype) if config.amp else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(env.device.type, enabled=config.amp and cuda and dtype == torch.float16)
-    return _Step(criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), autocast=autocast,
-                 scaler=scaler, aux_weight=config.aux_weight, channels_last=channels_last, env=env, stop=stop,
-                 max_steps=config.max_steps, freeze_norms=bool(config.init) or config.finetune != "all",
-                 progress=sys.stderr.isatty() if config.progress is None else config.progress)
+    weight = _class_weights(data).to(env.device) if config.class_weights else None
+    # The average copies the model (use_buffers: batch-norm statistics are averaged too, no update_bn pass).
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema \
+        else None
+    return _Step(criterion=nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing),
+                 autocast=autocast, scaler=scaler, aux_weight=config.aux_weight, channels_last=channels_last, env=env,
+                 stop=stop, max_steps=config.max_steps, freeze_norms=bool(config.init) or config.finetune != "all",
+                 progress=sys.stderr.isatty() if config.progress is None else config.progress, seed=config.seed,
+                 batch_stage=BatchStage(aug, data.num_classes) if aug.batch_level else None,
+                 clip_grad=config.clip_grad, ema=ema)
 
 
 def _epoch_end(run: _Run, epoch: int, r: dict) -> dict:
     sums = _reduce_stats(r["stats"], run.env)
-    val = run_eval(run.model, run.val_loader, run.data.num_classes, env=run.env, autocast=run.step.autocast,
-                   channels_last=run.step.channels_last)
-    return dict(epoch=epoch + 1, step=r["global_step"], train_loss=sums["loss"] / max(sums["seen"], 1),
-                train_top1=sums["correct"] / max(sums["seen"], 1), val_loss=val["loss"], val_top1=val["top1"],
-                val_top5=val["top5"], lr=run.optimizer.param_groups[0]["lr"],
-                img_s=round(r["seen_now"] * run.env.world / max(r["seconds"], 1e-9), 1),
-                time=round(run.elapsed, 2))
+    evaluate = dict(env=run.env, autocast=run.step.autocast, channels_last=run.step.channels_last)
+    val = run_eval(run.model, run.val_loader, run.data.num_classes, **evaluate)
+    row = dict(epoch=epoch + 1, step=r["global_step"], train_loss=sums["loss"] / max(sums["seen"], 1),
+               train_top1=sums["correct"] / max(sums["seen"], 1), val_loss=val["loss"], val_top1=val["top1"],
+               val_top5=val["top5"])
+    if run.step.ema is not None:
+        ema = run_eval(run.step.ema.module, run.val_loader, run.data.num_classes, **evaluate)
+        row.update(ema_val_loss=ema["loss"], ema_val_top1=ema["top1"], ema_val_top5=ema["top5"])
+    return dict(row, lr=run.optimizer.param_groups[0]["lr"],
+                img_s=round(r["seen_now"] * run.env.world / max(r["seconds"], 1e-9), 1), time=round(run.elapsed, 2))
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _checkpoint(run: _Run, position: dict, best: bool = False) -> None:
     if not run.env.is_main:
         return
-    history = run.history
-    state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    history, ema = run.history, run.step.ema
+    state = _cpu(run.model.state_dict())
     record = dict(config=_record_config(run), epoch=len(history.epochs), step=run.global_step,
                   best_metric=history.best_metric, metrics=history.last)
     train_state = dict(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
                        scaler=run.step.scaler.state_dict(), rng=_rng_state(), position=position,
                        history=history.epochs, elapsed=run.elapsed)
+    if ema is not None:
+        train_state["ema"] = _cpu(ema.state_dict())
     _save_last(run.run_dir, run.card, state, dict(record, train_state=train_state), run.config.keep_last)
     if best:
         save_checkpoint(run.run_dir / "best.pt", run.card, state, **record)
+    if ema is not None and not position["batch"]:  # the average's weights as a model of their own, each epoch
+        save_checkpoint(run.run_dir / "ema.pt", run.card, _cpu(ema.module.state_dict()), **record)
     with open(run.run_dir / "metrics.jsonl", "w") as f:  # rewritten from the history: exact after a resume too
         f.writelines(json.dumps(row) + "\n" for row in history.epochs)
 
@@ -774,6 +1008,52 @@ def _init_transfer(model: nn.Module, data: Data, config: TrainConfig, card: Mode
     if model.num_classes != data.num_classes:
         raise UserError(f"the model predicts {model.num_classes} classes, {data.name} has {data.num_classes}")
     return model, card
+
+
+def load_recipe(path: str | Path) -> dict:
+    """The TrainConfig fields a recipe file sets (YAML, or JSON, which is YAML): ``epochs: 90``, ``aug:
+    randaugment``, ``crop_scale: [0.35, 1]``. Numbers written as PyYAML reads strings ("1e-3" lacks the dot YAML
+    1.1 wants) are taken as numbers.
+
+    Raises:
+        UserError: an unreadable file, invalid YAML, anything but a mapping, or a key TrainConfig lacks.
+    """
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise UserError(f"cannot read the recipe {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path}: a recipe is a mapping of TrainConfig keys (epochs: 30, lr: 0.1, ...)")
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(str(k) for k in recipe if k not in types)
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, types, 1)) else k
+                 for k in unknown]
+        raise UserError(f"{path}: unknown key(s) {', '.join(hints)}; a recipe takes TrainConfig's fields")
+
+    def number(key: str, value):
+        if isinstance(value, str) and types[key].startswith("float"):
+            try:
+                return float(value)
+            except ValueError:
+                raise UserError(f"{path}: {key} must be a number, got {value!r}") from None
+        return tuple(value) if key == "crop_scale" and isinstance(value, list) else value
+
+    return {k: number(k, v) for k, v in recipe.items()}
+
+
+def dump_recipe(config: TrainConfig) -> str:
+    """A config as a YAML recipe that load_recipe reads back (what --print-config shows)."""
+    import yaml
+
+    plain = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists: plain YAML
+    return yaml.safe_dump(plain, sort_keys=False)
 
 
 def resume_plan(path: str | Path) -> tuple[str, dict, dict, TrainConfig]:
