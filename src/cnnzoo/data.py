@@ -1,15 +1,23 @@
 """Datasets for training and evaluation: digits, CIFAR-10/100, MNIST, Fashion-MNIST, ImageFolder and fake data.
 
 Small datasets are held in memory as one uint8 tensor (N x C x h x w, at their native size) and augmented in
-whole batches on the device (random crop with padding, horizontal flip where it makes sense, normalisation), as
-airbench does: no per-image decoding, no worker processes. ImageFolder trees go through a DataLoader with workers,
-decoded by cnnzoo.images (the loader predict and serve use), with RandomResizedCrop + flip for training.
+whole batches on the device, as airbench does: no per-image decoding, no worker processes. An ImageFolder tree of
+small images of one size (scans, icons, CIFAR-like sets: every side 64 px or less) is decoded once and held the
+same way; other trees go through a DataLoader with workers, decoded by cnnzoo.images (the loader predict and
+serve use). Either way training augments with one of cnnzoo.augment's presets.
 
 Every dataset records the InputSpec (cnnzoo.artifact) that reproduces its evaluation transform on an image file
 of its own kind: the 8x8 scikit-learn digit stretched to the input size, the 28x28 MNIST digit padded to 32x32, the
-32x32 CIFAR image as it is, a photo resized and centre-cropped. The loaders bring images onto the network's input
-with cnnzoo.images.fit_images / preprocess under that spec (or under a checkpoint's, when evaluating), so training-
-time validation, evaluate, predict, the exported runtimes and the service see the same tensor for the same image.
+32x32 CIFAR image as it is, a photo resized and centre-cropped; an ImageFolder of small square images of one size
+is stretched like CIFAR (a centre crop would cut the strokes of an 8x8 scan), any other folder is cropped like
+photos. The loaders bring images onto the network's input with cnnzoo.images.fit_images / preprocess under that
+spec (or under a checkpoint's, when evaluating), so training-time validation, evaluate, predict, the exported
+runtimes and the service see the same tensor for the same image.
+
+Each dataset also proposes the augmentation its kind wants (``Data.aug_defaults``, the TrainConfig fields aug,
+flip, crop_pad, crop_scale): no flip for handwriting (digits, MNIST, small grey scans), pad-crop for images of
+64 px or less, a resized crop for photos, over (0.35, 1) of the area for sets under SMALL_PHOTO_SET images and
+ImageNet's (0.08, 1) above.
 
 Every random choice of the data pipeline (epoch order, crops, flips) is derived from (seed, epoch, batch or
 sample index) rather than drawn from a running generator, so a run resumed in the middle of an epoch sees
@@ -18,6 +26,8 @@ exactly the batches the uninterrupted run would have seen, without replaying any
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import hashlib
 import json
@@ -27,6 +37,7 @@ import shutil
 import struct
 import sys
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,17 +47,19 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from cnnzoo.augment import SMALL_SIDE, Augmentation, augment_images, image_transform
 from cnnzoo.choices import DATASETS
 from cnnzoo.artifact import InputSpec, ModelCard, photo_spec, resolve_input_size
 from cnnzoo.errors import UserError
-from cnnzoo.images import fit_images, open_image, preprocess, scan_image_folder
+from cnnzoo.images import fit_image, fit_images, open_image, preprocess, scan_image_folder
 from cnnzoo.options import DATA_OPTIONS, SPLIT_OPTIONS, check
 
 __all__ = ["DATASETS", "Data", "TensorSplit", "FolderSplit", "load_data", "load_data_for", "split_data", "mix_seed"]
 
 FIT_CACHE_BYTES = 1 << 30  # in-memory images brought to the input size once when that costs less than this
+FOLDER_CACHE_BYTES = 1 << 30  # an ImageFolder of small images of one size is held in memory up to this size
+SMALL_PHOTO_SET = 5000  # training images: below this a resized crop takes (0.35, 1) of the area, not (0.08, 1)
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 
@@ -60,20 +73,18 @@ def mix_seed(*parts: int) -> int:
 # ----------------------------------------------------------------------------------------------- splits
 @dataclass
 class TensorSplit:
-    """An in-memory split: uint8 images N x C x H x W, int64 labels, and how training augments it."""
+    """An in-memory split: uint8 images N x C x h x w at their native size, and int64 labels."""
 
     images: torch.Tensor  # uint8 N x C x h x w at the dataset's native size
     labels: torch.Tensor
     source: str  # names samples in reports: "digits[val]#12"
-    pad: int = 0  # random-crop padding in pixels (0: no crop); with affine: the largest shift
-    flip: bool = False  # random horizontal flip (not for digits)
-    affine: bool = False  # random rotation (+-10 deg), scale (+-10 %) and shift instead of a crop (handwriting)
+    names: list[str] | None = None  # the files the images came from (an ImageFolder held in memory)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def name(self, index: int) -> str:
-        return f"{self.source}#{index}"
+        return self.names[index] if self.names is not None else f"{self.source}#{index}"
 
 
 @dataclass
@@ -104,6 +115,9 @@ class Data:
     train: TensorSplit | FolderSplit
     val: TensorSplit | FolderSplit
     options: dict = field(default_factory=dict)  # the load_data arguments, kept in config.json and checkpoints
+    # The augmentation this kind of data wants: TrainConfig's aug, flip, crop_pad, crop_scale (cnnzoo.augment).
+    aug_defaults: dict = field(default_factory=lambda: dict(aug="none", flip=False, crop_pad=0,
+                                                            crop_scale=(0.08, 1.0)))
 
     @property
     def num_classes(self) -> int:
@@ -120,32 +134,50 @@ class Data:
             detail = f" (differ: {', '.join(diff)})" if diff else " (same names, different order)"
             raise UserError(f"{self.name} has {len(self.classes)} classes, {what} has {len(classes)}{detail}")
 
+    def default_augmentation(self) -> Augmentation:
+        """The augmentation ``aug_defaults`` describes."""
+        d = self.aug_defaults
+        return Augmentation.build(d["aug"], d["aug"], flip=d["flip"], crop_pad=d["crop_pad"],
+                                  crop_scale=d["crop_scale"])
+
     def loader(self, split: str, batch_size: int, *, train: bool, spec: InputSpec | None = None, seed: int = 0,
-               device: str | torch.device = "cpu", rank: int = 0, world: int = 1,
-               workers: int = 2) -> TensorLoader | FolderLoader:
+               device: str | torch.device = "cpu", rank: int = 0, world: int = 1, workers: int = 2,
+               augment: Augmentation | None = None, balanced: bool = False) -> TensorLoader | FolderLoader:
         """Batches of one split for this process: shuffled and augmented when ``train``, else in order, sharded
         across ``world`` processes (evaluation shards are disjoint and cover the split exactly once). Images are
-        brought onto ``spec`` (default: this dataset's; evaluation passes the checkpoint's)."""
+        brought onto ``spec`` (default: this dataset's; evaluation passes the checkpoint's). ``augment`` defaults
+        to the data's own (``default_augmentation``); ``balanced`` draws each class equally often (with
+        replacement) instead of a permutation."""
         part = getattr(self, split)
         if batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         if train and batch_size > len(part):
             raise UserError(f"batch size {batch_size} is larger than the {split} set ({len(part)} images)")
         cls = TensorLoader if isinstance(part, TensorSplit) else FolderLoader
+        augment = (augment or self.default_augmentation()) if train else None
         return cls(part, spec or self.spec, batch_size, train=train, seed=seed, device=device, rank=rank,
-                   world=world, workers=workers)
+                   world=world, workers=workers, augment=augment, balanced=balanced)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
-def _shard(n: int, train: bool, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's sample order. Training: a (seed, epoch) permutation padded to a multiple of world, as
-    DistributedSampler does (ranks must take the same number of steps). Evaluation: rank::world, no padding."""
+def _shard(n: int, train: bool, seed: int, epoch: int, rank: int, world: int,
+           weights: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's sample order. Training: a (seed, epoch) permutation (or, with per-sample ``weights``, n draws
+    with replacement) padded to a multiple of world, as DistributedSampler does (ranks must take the same number
+    of steps). Evaluation: rank::world, no padding."""
     if not train:
         return torch.arange(rank, n, world)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
+    gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
+    order = torch.randperm(n, generator=gen) if weights is None else torch.multinomial(weights, n, True, generator=gen)
     total = math.ceil(n / world) * world
     order = torch.cat([order, order[: total - n]])
     return order[rank::world]
+
+
+def _balancing_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights that make every class equally likely: 1 / (images of its class)."""
+    counts = torch.bincount(labels)
+    return 1.0 / counts[labels].double()
 
 
 def _batch_bounds(count: int, batch_size: int, train: bool) -> list[tuple[int, int]]:
@@ -159,24 +191,31 @@ class TensorLoader:
     """Batches of an in-memory split, augmented on the device: yields (images float N x C x H x W, labels, indices)."""
 
     def __init__(self, split: TensorSplit, spec: InputSpec, batch_size: int, *, train: bool, seed: int, device,
-                 rank: int, world: int, workers: int = 0):
-        self.split, self.spec, self.batch_size, self.train, self.seed = split, spec, batch_size, train, seed
-        self.rank, self.world, self.device = rank, world, torch.device(device)
+                 rank: int, world: int, workers: int = 0, augment: Augmentation | None = None,
+                 balanced: bool = False):
+        self._setup(split, spec, batch_size, train, seed, device, rank, world, augment, balanced)
         # The images on the network's input once, when that fits in memory; otherwise batch by batch.
         self.fitted = len(split) * math.prod(spec.size) <= FIT_CACHE_BYTES
         images = self._fit(split.images) if self.fitted else split.images
         self.images = images.to(self.device)
         self.labels = split.labels.to(self.device)
+        self.set_epoch(0)
+
+    def _setup(self, split, spec: InputSpec, batch_size: int, train: bool, seed: int, device, rank: int, world: int,
+               augment: Augmentation | None, balanced: bool) -> None:
+        self.split, self.spec, self.batch_size, self.train, self.seed = split, spec, batch_size, train, seed
+        self.rank, self.world, self.device = rank, world, torch.device(device)
+        self.augment = augment if train else None
+        self.weights = _balancing_weights(split.labels) if train and balanced else None
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.set_epoch(0)
 
     def _fit(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(fit_images(images.cpu().numpy(), self.spec))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.order = _shard(len(self.split), self.train, self.seed, epoch, self.rank, self.world)
+        self.order = _shard(len(self.split), self.train, self.seed, epoch, self.rank, self.world, self.weights)
         self.bounds = _batch_bounds(len(self.order), self.batch_size, self.train)
 
     def __len__(self) -> int:
@@ -195,41 +234,9 @@ class TensorLoader:
             lo, hi = self.bounds[b]
             idx = self.order[lo:hi].to(self.device)
             x = self.images[idx] if self.fitted else self._fit(self.images[idx]).to(self.device)
-            if self.train:
-                x = self._augment(x, torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, b, self.rank)))
+            if self.augment is not None:
+                x = augment_images(x, self.augment, mix_seed(self.seed, self.epoch, b, self.rank))
             yield self._normalise(x), self.labels[idx], idx
-
-    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        n, _, h, w = x.shape
-        p = self.split.pad
-        if self.split.affine:
-            return self._affine(x, gen)
-        if p:
-            # Random crop with zero padding, all images at once: gather shifted row/column windows.
-            padded = F.pad(x, (p, p, p, p))
-            dy, dx = (torch.randint(0, 2 * p + 1, (2, n), generator=gen)).to(x.device)
-            rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-            cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-            batch = torch.arange(n, device=x.device)[:, None, None, None]
-            chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-            x = padded[batch, chans, rows, cols]
-        if self.split.flip:
-            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
-            x = torch.where(flip, x.flip(3), x)
-        return x
-
-    def _affine(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # Small affine distortions of handwriting (Simard et al. 2003), all images at once with grid_sample;
-        # the result stays uint8 so that normalisation is shared with unaugmented batches.
-        n, _, h, w = x.shape
-        angle, scale, shift = (torch.rand(3, n, generator=gen) * 2 - 1)
-        angle, scale = angle * math.radians(10), 1 + 0.1 * scale
-        dx, dy = (torch.rand(2, n, generator=gen) * 2 - 1) * (2 * self.split.pad / w)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, dx], 1), torch.stack([sin, cos, dy], 1)], 1).to(x.device)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return out.round_().clamp_(0, 255).to(torch.uint8)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         # The float32 operations of cnnzoo.images.normalize, in the same order: the same bits as predict's.
@@ -237,18 +244,14 @@ class TensorLoader:
 
 
 class _FolderDataset(torch.utils.data.Dataset):
-    """Items are (index, sample seed or None): the seed makes each training crop a function of (seed, epoch, index)."""
+    """Items are (index, sample seed or None): the seed makes each training crop a function of (seed, epoch, index).
+    Training items are uint8 (normalised on the device, as in-memory batches are), evaluation items float32."""
 
-    def __init__(self, split: FolderSplit, spec: InputSpec, train: bool):
-        self.samples, self.spec, self.train = split.samples, spec, train
-        if train:
-            from torchvision.transforms import v2
-
-            self.transform = v2.Compose([
-                v2.ToImage(), v2.RandomResizedCrop((spec.height, spec.width), antialias=True),
-                v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(spec.mean), list(spec.std)),
-            ])
+    def __init__(self, split: FolderSplit, spec: InputSpec, augment: Augmentation | None):
+        self.samples, self.spec, self.train = split.samples, spec, augment is not None
+        if augment is not None:
+            fit = functools.partial(fit_image, spec=spec)
+            self.transform = image_transform(augment, (spec.height, spec.width), fit)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -258,8 +261,8 @@ class _FolderDataset(torch.utils.data.Dataset):
         path, label = self.samples[index]
         image = open_image(path, channels=self.spec.channels)
         if self.train:
-            with torch.random.fork_rng(devices=[]):  # never disturb the main process's generator
-                torch.manual_seed(seed)
+            with torch.random.fork_rng(devices=[]):  # never disturb the generator of the process it runs in
+                torch.default_generator.manual_seed(seed)
                 x = self.transform(image)
         else:
             x = torch.from_numpy(preprocess(image, self.spec))
@@ -286,10 +289,11 @@ class FolderLoader(TensorLoader):
     """Batches of an ImageFolder split through a DataLoader with worker processes; same interface as TensorLoader."""
 
     def __init__(self, split: FolderSplit, spec: InputSpec, batch_size: int, *, train: bool, seed: int, device,
-                 rank: int, world: int, workers: int = 2):
-        self.split, self.spec, self.batch_size, self.train, self.seed = split, spec, batch_size, train, seed
-        self.rank, self.world, self.device, self.workers = rank, world, torch.device(device), workers
-        self.dataset = _FolderDataset(split, spec, train)
+                 rank: int, world: int, workers: int = 2, augment: Augmentation | None = None,
+                 balanced: bool = False):
+        self._setup(split, spec, batch_size, train, seed, device, rank, world, augment, balanced)
+        self.workers = workers
+        self.dataset = _FolderDataset(split, spec, self.augment)
         self.set_epoch(0)
 
     def iterate(self, start: int = 0):
@@ -298,7 +302,8 @@ class FolderLoader(TensorLoader):
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
         for x, y, idx in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield (self._normalise(x) if self.train else x), y, idx
 
 
 # ------------------------------------------------------------------------------------- in-memory datasets
@@ -309,21 +314,27 @@ class _Kind:
     size: tuple[int, int] | None  # default H x W of the network's input; None: the images' native size
     resize: str  # the InputSpec policy that maps an image file of this kind onto the input (cnnzoo.artifact)
     framing: float  # resize_size / min(H, W): MNIST's 28 x 28 digit inside LeNet-5's 32 x 32 input is 28/32
-    pad: int  # random-crop padding in pixels (with affine: the largest shift)
+    aug: str  # the augmentation preset (cnnzoo.augment.PRESETS)
+    pad: int  # its crop padding (affine: largest shift) in pixels at a 32 x 32 input, scaled with the input
     flip: bool  # random horizontal flips (never for digits or handwriting)
-    affine: bool = False  # small rotations and scalings (handwriting)
 
 
 KINDS = {
     # The 8 x 8 digits stretched to LeNet-5's 32 x 32; shifts of up to 3 pixels (3/4 of an original pixel).
-    "digits": _Kind((32, 32), "stretch", 1.0, 3, False, affine=True),
+    "digits": _Kind((32, 32), "stretch", 1.0, "affine", 3, False),
     # 28 x 28 zero-padded to 32 x 32, as LeCun et al. fed MNIST to LeNet-5.
-    "mnist": _Kind((32, 32), "pad", 28 / 32, 2, False),
-    "fashion_mnist": _Kind((32, 32), "pad", 28 / 32, 2, True),
-    "cifar10": _Kind(None, "crop", 1.0, 4, True),
-    "cifar100": _Kind(None, "crop", 1.0, 4, True),
-    "fake": _Kind(None, "crop", 1.0, 4, True),
+    "mnist": _Kind((32, 32), "pad", 28 / 32, "crop-flip", 2, False),
+    "fashion_mnist": _Kind((32, 32), "pad", 28 / 32, "crop-flip", 2, True),
+    "cifar10": _Kind(None, "crop", 1.0, "crop-flip", 4, True),
+    "cifar100": _Kind(None, "crop", 1.0, "crop-flip", 4, True),
+    "fake": _Kind(None, "crop", 1.0, "crop-flip", 4, True),
 }
+
+
+def _aug_defaults(aug: str, flip: bool, pad: int, train_images: int) -> dict:
+    """Data.aug_defaults: a milder resized crop for small sets (ImageNet's 8 % of the area is noise there)."""
+    scale = (0.35, 1.0) if train_images < SMALL_PHOTO_SET else (0.08, 1.0)
+    return dict(aug=aug, flip=flip, crop_pad=pad, crop_scale=scale)
 
 
 def _stats(images: np.ndarray, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -348,9 +359,11 @@ def _tensor_data(name: str, classes: list[str], train: tuple[np.ndarray, np.ndar
     def split(part: str, arrays: tuple[np.ndarray, np.ndarray]) -> TensorSplit:
         _check_pair(*arrays, len(classes), f"{name} {part} split")  # the readers name files; this is the last gate
         x, y = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
-        return TensorSplit(x, y.long(), f"{name}[{part}]", kind.pad, kind.flip, kind.affine)
+        return TensorSplit(x, y.long(), f"{name}[{part}]")
 
-    return Data(name, classes, spec, split("train", train), split("val", val), options)
+    pad = max(1, round(kind.pad * min(height, width) / 32))
+    return Data(name, classes, spec, split("train", train), split("val", val), options,
+                _aug_defaults(kind.aug, kind.flip, pad, len(images)))
 
 
 def _digits() -> tuple[list[str], tuple, tuple]:
@@ -642,38 +655,97 @@ def _fake(num_classes: int, size: tuple[int, int, int], samples: int) -> tuple[l
 
 
 # -------------------------------------------------------------------------------------------- ImageFolder
-def _check_images(samples: list[tuple[str, int]], channels: int) -> tuple[list[tuple[str, int]], list[str]]:
-    """Decode every file once (in threads: PIL releases the GIL); returns the good samples and the bad paths."""
-    def ok(sample: tuple[str, int]) -> bool:
+@dataclass
+class _Decoded:
+    """What the check of one ImageFolder split found: good samples with their sizes, pixels of the small ones."""
+
+    samples: list[tuple[str, int]]
+    sizes: list[tuple[int, int]]  # (h, w) of each good sample
+    pixels: list[np.ndarray | None]  # uint8 C x h x w while the images are small and the budget lasts
+    bad: list[str]
+
+
+def _check_images(samples: list[tuple[str, int]], channels: int, budget: list[int]) -> _Decoded:
+    """Decode every file once (in threads: PIL releases the GIL). Pixels of images of SMALL_SIDE or less are kept
+    while ``budget`` (bytes, shared by the splits) lasts, so that a small-image folder need not be decoded again."""
+    lock = threading.Lock()
+
+    def decode(sample: tuple[str, int]):
         try:
-            open_image(sample[0], channels=channels).load()
-            return True
+            image = open_image(sample[0], channels=channels)
+            image.load()
         except Exception:  # not an image, truncated, unsupported, too large: all skipped the same way
-            return False
+            return None
+        size = (image.height, image.width)
+        if max(size) > SMALL_SIDE:
+            return size, None
+        pixels = np.asarray(image, dtype=np.uint8).reshape(*size, channels).transpose(2, 0, 1)
+        with lock:
+            budget[0] -= pixels.nbytes
+            keep = budget[0] >= 0
+        return size, np.ascontiguousarray(pixels) if keep else None
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        good = list(pool.map(ok, samples))
-    return [s for s, g in zip(samples, good) if g], [s[0] for s, g in zip(samples, good) if not g]
+        found = list(pool.map(decode, samples))
+    good = [(s, f) for s, f in zip(samples, found) if f is not None]
+    return _Decoded([s for s, _ in good], [f[0] for _, f in good], [f[1] for _, f in good],
+                    [s[0] for s, f in zip(samples, found) if f is None])
+
+
+def _folder_kind(decoded: dict[str, _Decoded], input_size: tuple[int, int, int]) -> tuple[InputSpec, dict, bool]:
+    """(spec, aug_defaults, hold in memory) of an ImageFolder, from what its images are.
+
+    Small images (every side SMALL_SIDE or less) are CIFAR-like: pad-crop, and no flip when they are grey (scans
+    of writing, where a mirrored glyph is another glyph or none). Of one size with the input's aspect ratio, they
+    are stretched onto the input whole (a centre crop would cut off the strokes of an 8x8 digit), and they are held
+    in memory when their pixels were all kept. Anything else is photos: the centre crop, a resized crop."""
+    channels, height, width = input_size
+    sizes = {size for d in decoded.values() for size in d.sizes}
+    small = max(max(size) for size in sizes) <= SMALL_SIDE
+    pixels = [p for d in decoded.values() for p in d.pixels]
+    spec = photo_spec(input_size)
+    one_size = next(iter(sizes)) if len(sizes) == 1 else None
+    if small and one_size and one_size[0] * width == one_size[1] * height:
+        spec = dataclasses.replace(spec, resize="stretch")
+    pad, n_train = max(1, round(min(height, width) / 8)), len(decoded["train"].samples)
+    if not small:
+        return spec, _aug_defaults("imagenet", True, pad, n_train), False
+    grey = channels == 1 or all(p is not None and (p == p[:1]).all() for p in pixels)
+    cached = one_size is not None and all(p is not None for p in pixels)
+    return spec, _aug_defaults("crop-flip", not grey, pad, n_train), cached
 
 
 def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, options: dict) -> Data:
     if not root.is_dir():
         raise UserError(f"no such data folder: {root}")
-    splits = {}
+    decoded: dict[str, _Decoded] = {}
     classes: list[str] = []
+    budget = [FOLDER_CACHE_BYTES]
     for part in ("train", "val"):
         part_classes, samples = scan_image_folder(root / part)
         if classes and part_classes != classes:
             raise UserError(f"{root}/val classes differ from {root}/train classes")
         classes = part_classes
-        good, bad = _check_images(samples, input_size[0])
-        if bad:
+        decoded[part] = found = _check_images(samples, input_size[0], budget)
+        if found.bad:
+            bad = found.bad
             names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             if strict:
                 raise UserError(f"{len(bad)} unreadable image(s) in {root / part}: {names}")
             print(f"warning: skipped {len(bad)} unreadable image(s) in {root / part}: {names}", file=sys.stderr)
-        splits[part] = FolderSplit(good, bad)
-    return Data("imagefolder", classes, photo_spec(input_size), splits["train"], splits["val"], options)
+        if not found.samples:
+            raise UserError(f"no readable image in {root / part}")
+    spec, aug_defaults, cached = _folder_kind(decoded, input_size)
+
+    def split(part: str) -> TensorSplit | FolderSplit:
+        d = decoded[part]
+        if not cached:
+            return FolderSplit(d.samples, d.bad)
+        labels = torch.tensor([label for _, label in d.samples], dtype=torch.long)
+        return TensorSplit(torch.from_numpy(np.stack(d.pixels)), labels, f"imagefolder[{part}]",
+                           [path for path, _ in d.samples])
+
+    return Data("imagefolder", classes, spec, split("train"), split("val"), options, aug_defaults)
 
 
 def _limit(data: Data, limit: int) -> Data:
@@ -684,6 +756,7 @@ def _limit(data: Data, limit: int) -> Data:
             keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:limit].sort().values
             if isinstance(split, TensorSplit):
                 split.images, split.labels = split.images[keep], split.labels[keep]
+                split.names = None if split.names is None else [split.names[i] for i in keep.tolist()]
             else:
                 split.samples = [split.samples[i] for i in keep.tolist()]
     return data
