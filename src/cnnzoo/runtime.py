@@ -186,19 +186,27 @@ class Runtime(ABC):
 
 
 class TorchRuntime(Runtime):
-    """PyTorch eager on a cnnzoo checkpoint (or TorchScript on a `cnnzoo export --format torchscript` file)."""
+    """PyTorch eager on a cnnzoo checkpoint, read with weights_only=True; or, only with ``trust_torchscript``, a
+    `cnnzoo export --format torchscript` file.
+
+    A TorchScript archive is a program, not data: torch.jit.load runs the code it carries (a scripted __setstate__
+    can create and overwrite files), so one is refused unless the caller says it trusts the file."""
 
     backend = "torch"
 
-    def __init__(self, path: str | Path, precision: str = "auto"):
+    def __init__(self, path: str | Path, precision: str = "auto", *, trust_torchscript: bool = False):
         torch = _import("torch")
         self._torch = torch
-        if _is_torchscript(path):
+        source = Path(path) / "last.pt" if Path(path).is_dir() else Path(path)  # a run folder: its last.pt
+        if _is_torchscript(source):
+            if not trust_torchscript:
+                raise UserError(f"{source} is a TorchScript program, which runs code when loaded: open it only if you "
+                                "trust it, with --trust-torchscript (trust_torchscript=True)")
             extra = {f"{META_KEY}.json": ""}
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": still supported
-                    self.model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+                    self.model = torch.jit.load(str(source), map_location="cpu", _extra_files=extra).eval()
             except RuntimeError as err:
                 reason = str(err).strip().splitlines()[0][:200]
                 raise UserError(f"{path}: not a loadable TorchScript file ({reason})") from None
@@ -392,7 +400,8 @@ _KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "onnx": "an ONNX model", "o
 
 
 def open_runtime(
-    path: str | Path, backend: str = "auto", *, threads: int | None = None, precision: str = "auto"
+    path: str | Path, backend: str = "auto", *, threads: int | None = None, precision: str = "auto",
+    trust_torchscript: bool = False,
 ) -> Runtime:
     """Load a model file on a backend, at a precision.
 
@@ -404,6 +413,8 @@ def open_runtime(
         threads: intra-op threads for ONNX Runtime and OpenVINO (default: default_threads()).
         precision: "fp32", "bf16", "int8" or "auto": the deploy record's precision when the file has one and runs
             on its backend, else the file's own (int8 for a quantised export, fp32 otherwise).
+        trust_torchscript: open a TorchScript archive (.pt), which runs the code it carries when loaded; without
+            it such a file is refused (UserError). Checkpoints never need it: they are read as weights only.
 
     Raises:
         UserError: a missing file, an unknown file type, a backend that cannot run this kind of file or is not
@@ -430,7 +441,7 @@ def open_runtime(
             hint = "export it first (cnnzoo export CKPT --format onnx), or use --backend torch"
         raise UserError(f"the {backend} backend cannot run {path}, which is {_KIND_NAMES[kind]}: {hint}")
     if backend == "torch":
-        return TorchRuntime(path, precision)
+        return TorchRuntime(path, precision, trust_torchscript=trust_torchscript)
     if backend == "onnxruntime":
         return OnnxRuntime(path, threads, precision)
     return OpenVINORuntime(path, threads, precision)

@@ -10,12 +10,16 @@
 Concurrent requests are micro-batched: the first waiting image opens a batch that closes after ``batch_wait_ms`` or
 at ``max_batch`` images, and runs as one call to ``Runtime.logits`` on a single inference thread; each request
 gets its own row back, equal to the unbatched prediction. Decoding and preprocessing run on a small thread pool,
-so the event loop (and /livez, /readyz) stays responsive while inference is saturated.
+so the event loop (and /livez, /readyz) stays responsive while inference is saturated; an explanation is decoded in
+the same pool and computed on the inference thread, under the same deadline and in-flight limit.
 
 Every error is a JSON body ``{"error": {"status", "code", "message"}}``; bad input is always a 4xx, never a 500:
 body too large 413 (Content-Length, or counted while a chunked body streams in), too many pixels 413, format
 outside the allowlist 415, corrupt image 422, too many requests in flight 429 (Retry-After), past the deadline 504.
-Secure defaults: 127.0.0.1, no endpoint loads or fetches a model or URL, optional bearer token (401).
+An oversize body is read and dropped (up to a bound) before its 413, so clients that send the whole body before
+reading the answer receive it; a connection without a complete request head for ``idle_timeout_s`` is closed.
+Secure defaults: 127.0.0.1, no endpoint loads or fetches a model or URL, optional bearer token (401); a
+TorchScript file (a program) is served only with trust_torchscript / --trust-torchscript.
 
 With an .onnx or .xml model nothing here imports torch.
 """
@@ -28,6 +32,7 @@ import http
 import importlib.resources
 import logging
 import math
+import numbers
 import os
 import secrets
 import threading
@@ -35,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +49,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cnnzoo.errors import UserError
 from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, UnsupportedFormat, open_image, preprocess
 from cnnzoo.runtime import default_threads, softmax, top_classes
 
-__all__ = ["Limits", "create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
+__all__ = ["Limits", "create_app", "serve", "server_config", "DEFAULT_HOST", "DEFAULT_PORT"]
 
 log = logging.getLogger("cnnzoo.serving")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
@@ -57,7 +64,11 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may cost. Every field is logged at start-up and reported by GET /v1/model."""
+    """What one request may cost. Every field is logged at start-up and reported by GET /v1/model.
+
+    Raises:
+        UserError: a field outside its range (_LIMIT_RANGES), naming the `cnnzoo serve` option that sets it.
+    """
 
     max_body_bytes: int = 10 * MB  # whole request body, multipart framing included (413)
     max_pixels: int = DEFAULT_MAX_PIXELS  # declared pixel count per image, checked before decoding (413)
@@ -66,16 +77,78 @@ class Limits:
     max_images: int = 32  # images in one /v1/predict/batch request (413)
     batch_wait_ms: float = 2.0  # how long an open micro-batch waits for more images
     retry_after_s: int = 1  # the Retry-After of a 429
+    # a connection with no complete request head for this long is closed: idle keep-alive, or a client that
+    # connected and sent nothing or half a head (uvicorn's timeout_keep_alive covers only the wait after a response)
+    idle_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        for name, check in _LIMIT_RANGES.items():
+            value = getattr(self, name)
+            if not check.admits(value):
+                raise UserError(f"{check.option} must be {check.rule}, got {value!r}")
 
     def describe(self) -> str:
         return (f"max body {self.max_body_bytes / MB:g} MB, max pixels {self.max_pixels:,}, "
                 f"max in flight {self.max_in_flight}, deadline {self.timeout_s:g} s, "
-                f"max images per batch request {self.max_images}, batch wait {self.batch_wait_ms:g} ms")
+                f"max images per batch request {self.max_images}, batch wait {self.batch_wait_ms:g} ms, "
+                f"idle connections closed after {self.idle_timeout_s:g} s")
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric option admits: integers or finite numbers from ``low`` (``low`` itself only when
+    ``closed``), up to ``high``."""
+
+    option: str  # how the user names it: the `cnnzoo serve` flag, and the Python name
+    low: float
+    closed: bool = True
+    integer: bool = True
+    high: float = math.inf
+    unit: str = ""
+
+    def admits(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False
+        if self.integer and not isinstance(value, numbers.Integral):
+            return False
+        return (value >= self.low if self.closed else value > self.low) and value <= self.high
+
+    @property
+    def rule(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        bound = f"{'>=' if self.closed else '>'} {self.low:g}{self.unit}"
+        return f"{kind} {bound}" + (f" and <= {self.high:g}{self.unit}" if math.isfinite(self.high) else "")
+
+
+_LIMIT_RANGES = {
+    "max_body_bytes": _Range("--max-body-mb (max_body_bytes)", 1, unit=" byte"),
+    "max_pixels": _Range("--max-pixels (max_pixels)", 1),
+    "max_in_flight": _Range("--max-in-flight (max_in_flight)", 1),
+    "timeout_s": _Range("--timeout (timeout_s)", 0, closed=False, integer=False, unit=" s"),
+    "max_images": _Range("--max-images (max_images)", 1),
+    "batch_wait_ms": _Range("--batch-wait-ms (batch_wait_ms)", 0, integer=False, unit=" ms"),
+    "retry_after_s": _Range("retry_after_s", 0, unit=" s"),
+    "idle_timeout_s": _Range("idle_timeout_s", 0, closed=False, integer=False, unit=" s"),
+}
+_SERVE_RANGES = {
+    "port": _Range("--port (port)", 0, high=65535),  # 0: any free port
+    "max_batch": _Range("--max-batch (max_batch)", 1),
+    "topk": _Range("topk", 1),
+}
+
+
+def _check_options(**values) -> None:
+    """The service's own numeric options (port, max_batch, topk) against _SERVE_RANGES; one line each."""
+    for name, value in values.items():
+        check = _SERVE_RANGES[name]
+        if not check.admits(value):
+            raise UserError(f"{check.option} must be {check.rule}, got {value!r}")
 
 
 class _BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body exceeds the limit of {limit:,} bytes")
+    def __init__(self, limit: int, close: bool):
+        super().__init__(413, f"request body exceeds the limit of {limit:,} bytes",
+                         headers={"Connection": "close"} if close else None)
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -83,12 +156,35 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status, headers=headers)
 
 
-class _BodyLimit:
-    """ASGI middleware: refuse a body larger than the limit from its Content-Length at once, and count the bytes of
-    a body without one (chunked) as they stream in, failing the read with 413 the moment the limit is passed."""
+async def _drain(receive, budget: int, deadline_s: float) -> bool:
+    """Read and drop the rest of a request body, at most ``budget`` bytes for at most ``deadline_s``. True when the
+    whole body came in (the connection can then carry the answer and stay open)."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            while budget >= 0:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return False
+                budget -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return budget >= 0
+    except TimeoutError:
+        pass
+    return False
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+
+class _BodyLimit:
+    """ASGI middleware: refuse a body larger than the limit from its Content-Length, and count the bytes of a body
+    without one (chunked) as they stream in, failing the read with 413 the moment the limit is passed.
+
+    The refused body is read and dropped first (up to ``drain_bytes``, within ``drain_s``): clients that write the
+    whole body before reading the answer (Python's http.client and urllib, curl without Expect) would otherwise see
+    the connection reset instead of the 413. A body beyond that bound gets the 413 at once, and the connection
+    closed."""
+
+    def __init__(self, app, max_bytes: int, drain_s: float):
+        self.app, self.max_bytes, self.drain_s = app, max_bytes, drain_s
+        self.drain_bytes = max(2 * max_bytes, 64 * MB)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -100,8 +196,9 @@ class _BodyLimit:
                 except ValueError:
                     return await _error(400, "invalid Content-Length header")(scope, receive, send)
                 if declared > self.max_bytes:
+                    drained = declared <= self.drain_bytes and await _drain(receive, declared, self.drain_s)
                     response = _error(413, f"request body of {declared:,} bytes exceeds the limit of "
-                                           f"{self.max_bytes:,} bytes", {"Connection": "close"})
+                                           f"{self.max_bytes:,} bytes", None if drained else {"Connection": "close"})
                     return await response(scope, receive, send)
         seen = 0
 
@@ -111,7 +208,9 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                    more = message.get("more_body", False)
+                    drained = not more or await _drain(receive, self.drain_bytes - seen, self.drain_s)
+                    raise _BodyTooLarge(self.max_bytes, close=not drained)
             return message
 
         return await self.app(scope, limited_receive, send)
@@ -198,8 +297,10 @@ def _topk(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
 class _Service:
     """The state behind the app: the runtime (loaded in the background), the batcher, the in-flight count."""
 
-    def __init__(self, model, backend: str, max_batch: int, token: str | None, limits: Limits, topk: int):
+    def __init__(self, model, backend: str, max_batch: int, token: str | None, limits: Limits, topk: int,
+                 trust_torchscript: bool = False):
         self.model, self.backend, self.max_batch = model, backend, max_batch
+        self.trust_torchscript = trust_torchscript
         self.token, self.limits, self.topk = token, limits, topk
         self.runtime = None
         self.ready = threading.Event()  # set once the model is loaded and one warm-up inference passed
@@ -217,11 +318,11 @@ class _Service:
             if isinstance(self.model, (str, os.PathLike)):
                 from cnnzoo.runtime import open_runtime
 
-                self.runtime = open_runtime(self.model, self.backend)
+                self.runtime = open_runtime(self.model, self.backend, trust_torchscript=self.trust_torchscript)
             else:
                 self.runtime = self.model
             rt = self.runtime
-            rt.logits(np.zeros((1, *rt.input_size), dtype=np.float32))  # warm-up: first-run allocations, JIT
+            _warm_up(rt)
             self.explainer = self._explainer()
             log.info("model %s ready on %s in %.2f s", rt.model_name, rt.backend, time.perf_counter() - started)
         except Exception as err:
@@ -238,7 +339,15 @@ class _Service:
         # CAM overlays need the torch network itself: offered only on the torch backend.
         if getattr(self.runtime, "backend", None) != "torch" or getattr(self.runtime, "model", None) is None:
             return None
-        return lambda image: _cam_png(self.runtime, image)
+        explainer = partial(_cam_png, self.runtime)
+        try:
+            # The first explanation imports captum (seconds, holding the GIL, which stalls the event loop and
+            # /livez with it): done here, while loading, not under the first request.
+            explainer(np.zeros(self.runtime.input_size, np.float32))
+        except Exception as err:  # the service still predicts; /v1/model reports "explain": false
+            log.warning("explanations are not available for this model: %s", err)
+            return None
+        return explainer
 
     def check_token(self, request: Request) -> None:
         if self.token is None:
@@ -270,9 +379,41 @@ class _Service:
         rows = await asyncio.gather(*[batcher.enqueue(a, pending=True) for a in arrays])
         return [_topk(row, self.runtime.classes, k) for row in rows]
 
+    async def explain(self, upload: tuple[str, bytes]) -> str:
+        """The CAM overlay of one image. Off the event loop, as predictions are: decoding in the decode pool, the
+        explanation on the inference thread, since it hooks the same network the batches run through."""
+        loop = asyncio.get_running_loop()
+        name, data = upload
+        array = await loop.run_in_executor(self.decoder, self.decode, data, name)
+        return await loop.run_in_executor(self.batcher.executor, self.explainer, array)
 
-def _cam_png(runtime, image) -> str:
-    """The class activation map of the top class blended over the network's input, as a data: URL.
+
+def _warm_up(runtime) -> None:
+    """One inference on a grey image through the model's own preprocessing, before the service says it is ready:
+    first-run allocations and JIT happen here, and a model the service could not run (a card whose input size the
+    network cannot take, logits that are not one finite row per image and class) is refused in one line instead
+    of answering 500 to every request."""
+    from PIL import Image
+
+    c, h, w = runtime.input_size
+    grey = Image.new("L" if c == 1 else "RGB", (w, h), 128)
+    try:
+        logits = np.asarray(runtime.logits(preprocess(grey, runtime.spec)[None]))
+    except UserError:
+        raise
+    except Exception as err:  # torch's "output size is too small", an ONNX shape error, ...
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"the model fails on its own input size {c}x{h}x{w}: {reason}") from None
+    if logits.shape != (1, len(runtime.classes)):
+        raise UserError(f"the model gives logits of shape {logits.shape} for one image, its card names "
+                        f"{len(runtime.classes)} classes")
+    if not np.isfinite(logits).all():
+        raise UserError("the model's logits on a grey test image are not finite (NaN or inf)")
+
+
+def _cam_png(runtime, array: np.ndarray) -> str:
+    """The class activation map of the top class blended over the network's input (a preprocessed C x H x W
+    array), as a data: URL.
 
     CAM proper for networks ending in global average pooling + one linear layer, Grad-CAM for the others."""
     import io
@@ -281,7 +422,6 @@ def _cam_png(runtime, image) -> str:
 
     from cnnzoo.explanation import explain
 
-    array = runtime.preprocess(image)
     try:
         result = explain(runtime.model, array, method="cam")
     except UserError:  # not a GAP + linear head
@@ -346,6 +486,7 @@ def create_app(
     token: str | None = None,
     limits: Limits | None = None,
     topk: int = 5,
+    trust_torchscript: bool = False,
 ) -> FastAPI:
     """The service as an ASGI app.
 
@@ -357,9 +498,14 @@ def create_app(
         token: when set, /v1/* needs ``Authorization: Bearer <token>`` (401 otherwise).
         limits: request limits (defaults: Limits()).
         topk: classes returned when a request does not ask (?topk=N).
+        trust_torchscript: accept a TorchScript file, a program that runs code when loaded (see open_runtime).
+
+    Raises:
+        UserError: max_batch or topk below 1 (limits are checked when a Limits is made).
     """
+    _check_options(max_batch=max_batch, topk=topk)
     limits = limits or Limits()
-    service = _Service(model, backend, max_batch, token, limits, topk)
+    service = _Service(model, backend, max_batch, token, limits, topk, trust_torchscript)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -377,7 +523,7 @@ def create_app(
 
     app = FastAPI(title="cnnzoo", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes, drain_s=limits.timeout_s)
     _handlers(app)
     page = importlib.resources.files("cnnzoo").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -433,13 +579,9 @@ def create_app(
         async def work():
             if service.explainer is None:
                 raise HTTPException(404, "explanations need the torch backend")
-            ((name, data),) = await _read_uploads(request, limits, many=False)
-            rt = service.runtime
-            image = open_image(data, channels=int(rt.input_size[0]), max_pixels=limits.max_pixels, name=name)
-            # on the inference thread: explanations hook the same network the batches run through
-            overlay = await asyncio.get_running_loop().run_in_executor(service.batcher.executor, service.explainer,
-                                                                       image)
-            return {"model": rt.model_name, "overlay": overlay}
+            (upload,) = await _read_uploads(request, limits, many=False)
+            overlay = await service.explain(upload)
+            return {"model": service.runtime.model_name, "overlay": overlay}
 
         return await guarded(request, work)
 
@@ -496,27 +638,80 @@ def serve(
     token: str | None = None,
     limits: Limits | None = None,
     log_level: str = "info",
+    trust_torchscript: bool = False,
 ) -> None:
-    """Run the service with uvicorn until interrupted; the effective limits are logged first."""
+    """Run the service with uvicorn until interrupted; the effective limits are logged first.
+
+    The model is opened and run once on a test image before the port is bound, so a model the service could not
+    serve stops `cnnzoo serve` with one line instead of a server that answers 500.
+
+    Raises:
+        UserError: an option out of range, or a model that cannot be opened or run (see create_app, Limits).
+    """
     import uvicorn
 
+    _check_options(port=port, max_batch=max_batch)
     if not Path(model).exists():
         raise UserError(f"no such model file: {model}")
     limits = limits or Limits()
-    if not math.isfinite(limits.timeout_s) or limits.timeout_s <= 0:
-        raise UserError("the deadline must be a positive number of seconds")
+    try:  # before binding, and before the start-up lines: a model it cannot serve is the one line printed
+        from cnnzoo.runtime import open_runtime
+
+        runtime = open_runtime(model, backend, trust_torchscript=trust_torchscript)
+        _warm_up(runtime)
+    except UserError as err:
+        raise UserError(f"cannot serve {model}: {err}") from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("cnnzoo serve %s on http://%s:%d (backend %s, max batch %d, token %s)", model, host, port, backend,
              max_batch, "required" if token else "off")
     log.info("limits: %s", limits.describe())
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines%s", host, "" if token else " without a token")
-    app = create_app(model, backend=backend, max_batch=max_batch, token=token, limits=limits)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                                           server_header=False))
+    app = create_app(runtime, backend=backend, max_batch=max_batch, token=token, limits=limits)
+    server = uvicorn.Server(server_config(app, host, port, limits, log_level))
     service = app.state.service
     # the model loads in the background (so /livez answers at once); a model that cannot load stops the server
     service.on_failure = lambda: setattr(server, "should_exit", True)
     server.run()
     if service.failed:
         raise UserError(f"cannot serve {model}: {service.failed}")
+
+
+class _HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection that has not sent a complete request head within
+    ``timeout_keep_alive`` of connecting or of its last answer. uvicorn itself arms that timer only after an answer
+    and cancels it on any byte received: a client that connects and sends nothing, or half a request head
+    (slowloris), would hold its connection forever. While a request is being served its deadline governs."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # no request being served: idle or half-open
+            self.timeout_keep_alive_handler()
+
+
+def server_config(app, host: str, port: int, limits: Limits, log_level: str = "info"):
+    """The uvicorn configuration `serve` runs ``app`` with (idle and half-open connections closed after
+    ``limits.idle_timeout_s``); tests run live servers with it too."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
+                          http=_HeadTimeoutProtocol, timeout_keep_alive=limits.idle_timeout_s)

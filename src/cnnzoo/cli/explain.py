@@ -28,10 +28,22 @@ def _filters(args: argparse.Namespace):
 _VISUALIZE = {"top-activations": _top_activations, "filters": _filters}
 
 
+def _refuse_own_input(out: str | Path | None, *inputs: str | None) -> None:
+    """The output must not be a file this command reads: the checkpoint (a run folder's last.pt) or the image."""
+    if out is None:
+        return
+    out = Path(out)
+    for source in filter(None, inputs):
+        path = Path(source) / "last.pt" if Path(source).is_dir() else Path(source)
+        if path.resolve() == out.resolve() or (path.exists() and out.exists() and path.samefile(out)):
+            raise UserError(f"--out {out} is this command's own input {source}; choose another file")
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     if args.method in _VISUALIZE:
         if args.image is not None:
             raise UserError(f"--method {args.method} shows the network, not one image: drop IMAGE")
+        _refuse_own_input(args.out, args.checkpoint)
         result = _VISUALIZE[args.method](args)
         print(f"{args.method} of {result.model_name} {result.layer} -> "
               f"{result.save(args.out or f'{result.model_name}_{args.method}.png')}")
@@ -40,8 +52,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     if args.image is None:
         raise UserError(f"--method {args.method} explains one image: give IMAGE")
+    out = args.out or f"{Path(args.image).stem}_{args.method}.png"
+    _refuse_own_input(out, args.checkpoint, args.image)
     result = explain(args.checkpoint, args.image, method=args.method, target=args.target, layer=args.layer)
-    out = result.save(args.out or f"{Path(args.image).stem}_{args.method}.png")
+    out = result.save(out)
     print(f"{result.title()} -> {out}")
     return 0
 

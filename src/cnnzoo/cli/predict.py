@@ -15,12 +15,18 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    """--trust-torchscript, on every command that opens a model file for inference (predict, serve)."""
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="accept a TorchScript export (.pt): this file is a program: it runs code when loaded")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cnnzoo.prediction import expand_sources, predict
     from cnnzoo.runtime import open_runtime
 
     paths = expand_sources(args.images)  # a mistyped path fails before a large model is loaded
-    runtime = open_runtime(args.model, args.backend)
+    runtime = open_runtime(args.model, args.backend, trust_torchscript=args.trust_torchscript)
     results = predict(runtime, paths, topk=args.topk)
     if args.json:
         predictions = [r.to_dict() for r in results]
@@ -52,4 +58,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="inference runtime (default: auto, the fastest installed for the file on CPU: "
         "OpenVINO, then ONNX Runtime, for .onnx; torch for a checkpoint)",
     )
+    add_trust_flag(p)
     p.set_defaults(handler=cmd_predict)

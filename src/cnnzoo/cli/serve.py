@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from cnnzoo.choices import BACKENDS
+from cnnzoo.cli.predict import add_trust_flag
+
 MB = 1024 * 1024
+
+
+def _bytes(megabytes: float) -> float:
+    # a size Limits will refuse (0, negative, nan) goes through as typed, so that its message shows the user's value
+    return round(megabytes * MB) if math.isfinite(megabytes) and megabytes > 0 else megabytes
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cnnzoo.serving import Limits, serve
 
-    limits = Limits(max_body_bytes=int(args.max_body_mb * MB), max_pixels=args.max_pixels,
+    # every value is range-checked by the library (Limits, serve), before the model is loaded
+    limits = Limits(max_body_bytes=_bytes(args.max_body_mb), max_pixels=args.max_pixels,
                     max_in_flight=args.max_in_flight, timeout_s=args.timeout, max_images=args.max_images,
                     batch_wait_ms=args.batch_wait_ms)
     serve(args.model, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
-          token=args.token or None, limits=limits, log_level=args.log_level)
+          token=args.token or None, limits=limits, log_level=args.log_level, trust_torchscript=args.trust_torchscript)
     return 0
 
 
@@ -40,4 +49,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=32, help="images per batch request (default 32)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per request in seconds (default 10)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_trust_flag(p)
     p.set_defaults(handler=cmd_serve)
