@@ -14,11 +14,13 @@ import os
 import socket
 import subprocess
 import sys
+import struct
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,6 +46,7 @@ CLASSES = tuple("abcdefghij")
 SPEC = InputSpec(3, 32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop", 36)
 CARD = ModelCard("lenet5_relu", {"num_classes": 10, "in_chans": 3}, CLASSES, SPEC)
 KB = 1024
+TORCH_LOAD_TORCHSCRIPT = "'torch.load' received a zip file that looks like a TorchScript archive"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -109,6 +112,20 @@ def truncated(path: Path, marker: Path) -> Path:
     return path
 
 
+def crc_corrupted(path: Path, marker: Path) -> Path:
+    """A checkpoint whose largest tensor had 16 bytes overwritten in place: the zip's CRC no longer matches, and
+    torch.load alone would hand back the damaged weights."""
+    save_checkpoint(path, CARD, _weights(), epoch=1, step=1, best_metric=0.0, metrics={}, config={})
+    with zipfile.ZipFile(path) as archive:
+        member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(member.header_offset + 26)  # the local header: name and extra lengths, then the stored bytes
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        f.seek(member.header_offset + 30 + name_len + extra_len + member.file_size // 2)
+        f.write(b"\x7f" * 16)
+    return path
+
+
 def torchscript_run_folder(path: Path, marker: Path) -> Path:
     """A run folder whose last.pt is the TorchScript program: the folder path skips any sniffing of a .pt name."""
     folder = path.with_suffix("")
@@ -118,7 +135,7 @@ def torchscript_run_folder(path: Path, marker: Path) -> Path:
 
 
 HOSTILE = {"pickle-reduce": pickle_bomb, "torchscript-setstate": torchscript_bomb, "truncated": truncated,
-           "torchscript-run-folder": torchscript_run_folder}
+           "crc-corrupted": crc_corrupted, "torchscript-run-folder": torchscript_run_folder}
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +163,9 @@ def test_the_hostile_files_do_run_code_when_opened_unsafely(tmp_path):
     assert ts_marker.read_bytes() == b"!" * 16
     torch.load(pkl, weights_only=False)
     assert pickle_marker.exists()
+    # the corrupted checkpoint loads without complaint through torch.load alone, with other weights
+    crc = torch.load(crc_corrupted(tmp_path / "crc.pt", tmp_path / "unused"), weights_only=True)["state_dict"]
+    assert any(not torch.equal(crc[k], v) for k, v in _weights().items())
     # and through cnnzoo with the explicit flag: the runtime opens it (so the flag is what stands in the way)
     ts_marker.unlink()
     runtime = open_runtime(ts, trust_torchscript=True)
@@ -183,8 +203,14 @@ CLI = {
 def test_cli_refuses_hostile_files(files, kind, command, capsys, tmp_path, no_server):
     path, marker = files["hostile"][kind]
     argv = [str(a) for a in CLI[command](path, files["image"], tmp_path)]
-    assert main(argv) == 2
+    with warnings.catch_warnings(record=True) as caught:  # a warning would be lines of its own on stderr
+        warnings.simplefilter("always")
+        assert main(argv) == 2
     line = _one_line(capsys.readouterr().err, command)
+    # Known, reported: cnnzoo.checkpoint.read_weights passes a TorchScript archive to torch.load, which warns
+    # (2 lines) before refusing it under weights_only; predict and serve recognise the archive first.
+    tolerated = () if command in ("predict", "serve") else (TORCH_LOAD_TORCHSCRIPT,)
+    assert not [str(w.message) for w in caught if not str(w.message).startswith(tolerated)]
     assert not marker.exists(), f"{command} ran the code in a {kind} file"
     assert not list(tmp_path.iterdir()), "something was written"
     if kind == "torchscript-setstate" and command in ("predict", "serve"):
