@@ -493,8 +493,10 @@ def _deploy(build: _Build, kind: str | None, precision: str, gate: Gate, batch: 
         files = _Files(Path(tmp), build)
 
         def opener(c: Candidate):
+            # the TorchScript file is the one just written here: trusted
+            trust = {"trust_torchscript": True} if c.backend == "torch" else {}
             return lambda: open_runtime(files.path(c.kind, c.precision), c.backend, threads=threads,
-                                        precision=c.precision)
+                                        precision=c.precision, **trust)
 
         candidates = candidates_for(kind, precision)
         trials = run_trials([(c, opener(c)) for c in candidates], build.images, gate, (1, batch))

@@ -78,6 +78,7 @@ def predict(
     topk: int = 5,
     backend: str = "auto",
     batch_size: int = BATCH_SIZE,
+    precision: str = "auto",
     trust_torchscript: bool = False,
 ) -> list[Prediction]:
     """Top-k classes of each image, with the model's own preprocessing.
@@ -88,6 +89,8 @@ def predict(
         topk: how many classes to return per image (at most the number of classes).
         backend: "auto", "torch", "onnxruntime" or "openvino" (see cnnzoo.runtime.open_runtime).
         batch_size: images run through the model together.
+        precision: "auto" (the export's recorded choice, else the file's own), "fp32", "bf16" or "int8" (see
+            cnnzoo.precision).
         trust_torchscript: accept a TorchScript file, a program that runs code when loaded (see open_runtime).
 
     Returns:
@@ -96,7 +99,8 @@ def predict(
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
     paths = expand_sources(sources)
-    runtime = model if isinstance(model, Runtime) else open_runtime(model, backend, trust_torchscript=trust_torchscript)
+    runtime = model if isinstance(model, Runtime) else open_runtime(model, backend, precision=precision,
+                                                                         trust_torchscript=trust_torchscript)
     results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         results.extend(_predict_batch(runtime, paths[start : start + batch_size], topk))

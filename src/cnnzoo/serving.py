@@ -298,8 +298,8 @@ class _Service:
     """The state behind the app: the runtime (loaded in the background), the batcher, the in-flight count."""
 
     def __init__(self, model, backend: str, max_batch: int, token: str | None, limits: Limits, topk: int,
-                 trust_torchscript: bool = False):
-        self.model, self.backend, self.max_batch = model, backend, max_batch
+                 trust_torchscript: bool = False, precision: str = "auto"):
+        self.model, self.backend, self.max_batch, self.precision = model, backend, max_batch, precision
         self.trust_torchscript = trust_torchscript
         self.token, self.limits, self.topk = token, limits, topk
         self.runtime = None
@@ -318,7 +318,8 @@ class _Service:
             if isinstance(self.model, (str, os.PathLike)):
                 from cnnzoo.runtime import open_runtime
 
-                self.runtime = open_runtime(self.model, self.backend, trust_torchscript=self.trust_torchscript)
+                self.runtime = open_runtime(self.model, self.backend, precision=self.precision,
+                                            trust_torchscript=self.trust_torchscript)
             else:
                 self.runtime = self.model
             rt = self.runtime
@@ -487,6 +488,7 @@ def create_app(
     limits: Limits | None = None,
     topk: int = 5,
     trust_torchscript: bool = False,
+    precision: str = "auto",
 ) -> FastAPI:
     """The service as an ASGI app.
 
@@ -499,13 +501,14 @@ def create_app(
         limits: request limits (defaults: Limits()).
         topk: classes returned when a request does not ask (?topk=N).
         trust_torchscript: accept a TorchScript file, a program that runs code when loaded (see open_runtime).
+        precision: "auto" (the export's recorded choice, else the file's own), "fp32", "bf16" or "int8".
 
     Raises:
         UserError: max_batch or topk below 1 (limits are checked when a Limits is made).
     """
     _check_options(max_batch=max_batch, topk=topk)
     limits = limits or Limits()
-    service = _Service(model, backend, max_batch, token, limits, topk, trust_torchscript)
+    service = _Service(model, backend, max_batch, token, limits, topk, trust_torchscript, precision)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -590,7 +593,8 @@ def create_app(
         service.check_token(request)
         require_ready()
         rt = service.runtime
-        return {"name": rt.model_name, "backend": rt.backend, "classes": list(rt.classes),
+        return {"name": rt.model_name, "backend": rt.backend, "precision": getattr(rt, "precision", "fp32"),
+                "classes": list(rt.classes),
                 "num_classes": len(rt.classes), "input_size": list(rt.input_size), "input": rt.spec.to_dict(),
                 "max_batch": max_batch,
                 "explain": service.explainer is not None, "limits": asdict(limits),
@@ -639,6 +643,7 @@ def serve(
     limits: Limits | None = None,
     log_level: str = "info",
     trust_torchscript: bool = False,
+    precision: str = "auto",
 ) -> None:
     """Run the service with uvicorn until interrupted; the effective limits are logged first.
 
@@ -657,13 +662,13 @@ def serve(
     try:  # before binding, and before the start-up lines: a model it cannot serve is the one line printed
         from cnnzoo.runtime import open_runtime
 
-        runtime = open_runtime(model, backend, trust_torchscript=trust_torchscript)
+        runtime = open_runtime(model, backend, precision=precision, trust_torchscript=trust_torchscript)
         _warm_up(runtime)
     except UserError as err:
         raise UserError(f"cannot serve {model}: {err}") from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("cnnzoo serve %s on http://%s:%d (backend %s, max batch %d, token %s)", model, host, port, backend,
-             max_batch, "required" if token else "off")
+    log.info("cnnzoo serve %s on http://%s:%d (backend %s, precision %s, max batch %d, token %s)", model, host, port,
+             runtime.backend, runtime.precision, max_batch, "required" if token else "off")
     log.info("limits: %s", limits.describe())
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines%s", host, "" if token else " without a token")

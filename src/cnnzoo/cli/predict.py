@@ -7,6 +7,7 @@ import json
 import sys
 
 from cnnzoo.choices import BACKENDS
+from cnnzoo.precision import PRECISION_CHOICES
 
 
 def _positive(value: str) -> int:
@@ -21,12 +22,20 @@ def add_trust_flag(p: argparse.ArgumentParser) -> None:
                    help="accept a TorchScript export (.pt): this file is a program: it runs code when loaded")
 
 
+def add_precision_flag(p: argparse.ArgumentParser) -> None:
+    """--precision, on every command that runs a model file (predict, serve)."""
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="auto (default): the configuration `cnnzoo export --precision` chose and recorded in the "
+                        "file, else the file's own (fp32, or int8 for a quantised export); or fp32, bf16, int8")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cnnzoo.prediction import expand_sources, predict
     from cnnzoo.runtime import open_runtime
 
     paths = expand_sources(args.images)  # a mistyped path fails before a large model is loaded
-    runtime = open_runtime(args.model, args.backend, trust_torchscript=args.trust_torchscript)
+    runtime = open_runtime(args.model, args.backend, precision=args.precision,
+                           trust_torchscript=args.trust_torchscript)
     results = predict(runtime, paths, topk=args.topk)
     if args.json:
         predictions = [r.to_dict() for r in results]
@@ -58,5 +67,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="inference runtime (default: auto, the fastest installed for the file on CPU: "
         "OpenVINO, then ONNX Runtime, for .onnx; torch for a checkpoint)",
     )
+    add_precision_flag(p)
     add_trust_flag(p)
     p.set_defaults(handler=cmd_predict)

@@ -7,7 +7,7 @@ import math
 import os
 
 from cnnzoo.choices import BACKENDS
-from cnnzoo.cli.predict import add_trust_flag
+from cnnzoo.cli.predict import add_precision_flag, add_trust_flag
 
 MB = 1024 * 1024
 
@@ -25,7 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_in_flight=args.max_in_flight, timeout_s=args.timeout, max_images=args.max_images,
                     batch_wait_ms=args.batch_wait_ms)
     serve(args.model, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
-          token=args.token or None, limits=limits, log_level=args.log_level, trust_torchscript=args.trust_torchscript)
+          token=args.token or None, limits=limits, log_level=args.log_level, trust_torchscript=args.trust_torchscript,
+          precision=args.precision)
     return 0
 
 
@@ -49,5 +50,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=32, help="images per batch request (default 32)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per request in seconds (default 10)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_precision_flag(p)
     add_trust_flag(p)
     p.set_defaults(handler=cmd_serve)
