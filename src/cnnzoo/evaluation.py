@@ -120,11 +120,12 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if values is counts else 1)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         if k <= MAX_LABELLED:
-            ax.set_xticks(range(k), report.classes, rotation=90, fontsize=8)
+            long_names = max(len(c) for c in report.classes) > 3
+            ax.set_xticks(range(k), report.classes, rotation=90 if long_names else 0, fontsize=8)
             ax.set_yticks(range(k), report.classes, fontsize=8)
-            peak = values.max() or 1
+            peak, size = values.max() or 1, 9 if k <= 10 else 7 if k <= 15 else 5
             for i, j in zip(*np.nonzero(counts)):
-                ax.text(j, i, fmt(values[i, j]), ha="center", va="center", fontsize=7 if k <= 15 else 5,
+                ax.text(j, i, fmt(values[i, j]), ha="center", va="center", fontsize=size,
                         color="white" if values[i, j] > peak / 2 else "black")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")

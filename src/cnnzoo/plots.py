@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.ticker import FuncFormatter
 
 __all__ = ["ChartPoint", "training_figure", "plot_training", "runs_figure", "accuracy_figure", "save_png", "plot_runs",
@@ -68,6 +68,9 @@ def _loss_scale(ax, losses: Sequence[float]) -> None:
     positive = [v for v in losses if v > 0]
     if positive and max(positive) / min(positive) > LOG_LOSS_RATIO:
         ax.set_yscale("log")
+        # Plain numbers on the decades and at 2, 3 and 5 between them (0.2, 0.3, 0.5, 1), not 2 x 10^-1.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
 
 
 # One run's curves: (metrics.jsonl key, label, colour, style); an EMA of the weights is drawn where the run has one.

@@ -4,21 +4,28 @@
     for r in results:
         print(r.path, r.topk if r.ok else r.error)
 
-Files that are not images (or are truncated, too large, in a format outside the allowlist) are reported by name
-in their result's ``error``; every other file is still predicted. Torch is imported only for a .pt checkpoint.
+Several models (the same classes) are an ensemble: their class probabilities are averaged, each model fitting
+an image by its own card; ``tta`` averages views of each image as well (cnnzoo.ensemble). Files that are not
+images (or are truncated, too large, in a format outside the allowlist) are reported by name in their result's
+``error``; every other file is still predicted. Torch is imported only for a .pt checkpoint.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from cnnzoo.ensemble import check_members, mean_probabilities, tta_views
 from cnnzoo.errors import UserError
 from cnnzoo.images import ImageError, image_files, open_image
-from cnnzoo.runtime import Runtime, open_runtime
+from cnnzoo.runtime import Runtime, open_runtime, softmax, top_classes
 
-__all__ = ["Prediction", "predict", "expand_sources"]
+__all__ = ["Prediction", "predict", "probabilities", "expand_sources", "write_csv"]
 
 BATCH_SIZE = 16  # images decoded and run together: bounds memory on large folders, amortises the runtime call
 
@@ -73,25 +80,25 @@ def expand_sources(sources: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def predict(
-    model: str | Path | Runtime,
+    model: str | Path | Runtime | Sequence[str | Path | Runtime],
     sources: str | Path | Iterable[str | Path],
     topk: int = 5,
     backend: str = "auto",
     batch_size: int = BATCH_SIZE,
-    precision: str = "auto",
     trust_torchscript: bool = False,
+    tta: str = "none",
 ) -> list[Prediction]:
     """Top-k classes of each image, with the model's own preprocessing.
 
     Args:
-        model: a cnnzoo checkpoint (.pt), an .onnx or an OpenVINO .xml, or a Runtime already opened.
+        model: a cnnzoo checkpoint (.pt), an .onnx or an OpenVINO .xml, or a Runtime already opened; or a list of
+            them (the same classes): an ensemble averaging their probabilities.
         sources: image files and folders of images (see expand_sources).
         topk: how many classes to return per image (at most the number of classes).
         backend: "auto", "torch", "onnxruntime" or "openvino" (see cnnzoo.runtime.open_runtime).
         batch_size: images run through the model together.
-        precision: "auto" (the export's recorded choice, else the file's own), "fp32", "bf16" or "int8" (see
-            cnnzoo.precision).
         trust_torchscript: accept a TorchScript file, a program that runs code when loaded (see open_runtime).
+        tta: test-time augmentation, one of cnnzoo.ensemble.TTA_MODES ("none": the plain prediction).
 
     Returns:
         One Prediction per image file, in order; those that could not be read carry ``error`` instead of ``topk``.
@@ -99,23 +106,52 @@ def predict(
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
     paths = expand_sources(sources)
-    runtime = model if isinstance(model, Runtime) else open_runtime(model, backend, precision=precision,
-                                                                         trust_torchscript=trust_torchscript)
+    tta_views(np.zeros((1, 1, 2, 2), np.float32), tta)  # an unknown mode fails before any model is opened
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    runtimes = [m if isinstance(m, Runtime) else open_runtime(m, backend, trust_torchscript=trust_torchscript)
+                for m in models]
+    check_members([r.card for r in runtimes], [r.path for r in runtimes])
     results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
-        results.extend(_predict_batch(runtime, paths[start : start + batch_size], topk))
+        results.extend(_predict_batch(runtimes, paths[start : start + batch_size], topk, tta))
     return results
 
 
-def _predict_batch(runtime: Runtime, paths: Sequence[Path], topk: int) -> list[Prediction]:
+def probabilities(runtimes: Sequence[Runtime], images: Sequence[Image.Image], tta: str = "none") -> np.ndarray:
+    """N x K class probabilities of PIL images: each model's softmax over the TTA views of its own preprocessing,
+    averaged over views, then over models. One model without TTA gives Runtime.predict's probabilities exactly."""
+    per_model = []
+    for runtime in runtimes:
+        batch = np.stack([runtime.preprocess(image) for image in images])
+        per_model.append(mean_probabilities([softmax(runtime.logits(view)) for view in tta_views(batch, tta)]))
+    return mean_probabilities(per_model)
+
+
+def _predict_batch(runtimes: Sequence[Runtime], paths: Sequence[Path], topk: int, tta: str) -> list[Prediction]:
     results = [Prediction(str(path)) for path in paths]
     images, good = [], []
+    channels = max(r.input_size[0] for r in runtimes)  # each model's preprocessing converts to its own channels
     for result, path in zip(results, paths):
         try:
-            images.append(open_image(path, channels=runtime.input_size[0]))
+            images.append(open_image(path, channels=channels))
             good.append(result)
         except ImageError as err:
             result.error = str(err)
-    for result, top in zip(good, runtime.predict(images, topk=topk)):
-        result.topk = top
+    if images:
+        for result, top in zip(good, top_classes(probabilities(runtimes, images, tta), runtimes[0].classes, topk)):
+            result.topk = top
     return results
+
+
+def write_csv(results: Sequence[Prediction], path: str | Path) -> Path:
+    """One row per image: path, then class_1, probability_1, ... class_k, probability_k, then error (empty when
+    the image was read)."""
+    k = max((len(r.topk) for r in results), default=0)
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *(f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")), "error"])
+        for r in results:
+            cells = [v for name, prob in r.topk for v in (name, f"{prob:.6f}")]
+            writer.writerow([r.path, *cells, *[""] * (2 * k - len(cells)), r.error or ""])
+    return path
