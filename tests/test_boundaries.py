@@ -2,7 +2,7 @@
 
 Layers: a core (the registry, layers, models, summary, images, the model artifact, checkpoint I/O) that imports
 nothing above it; a training side and an inference side on top of the core; the command line and the demo above
-everything. The inference side does not import the training side, and no two modules import each other at import
+everything. The inference side does not import the training side (so a service never loads the trainer), and no two modules import each other at import
 time (a cycle)."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import pytest
 from cnnzoo.cli import main
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cnnzoo"
-CORE = {"errors", "choices", "artifact", "registry", "layers", "models", "summary", "images", "checkpoint",
-        "catalog", "published"}
-TRAINING = {"data", "train", "transfer", "distributed", "evaluation", "baseline"}
-INFERENCE = {"runtime", "prediction", "explanation", "exporting", "serving", "compare", "plots", "visualize"}
+CORE = {"errors", "choices", "options", "artifact", "registry", "layers", "models", "summary", "images",
+        "checkpoint", "catalog", "published", "plots"}
+TRAINING = {"data", "augment", "train", "transfer", "distributed", "evaluation", "baseline"}
+INFERENCE = {"runtime", "precision", "ensemble", "prediction", "explanation", "exporting", "serving", "compare",
+             "visualize"}
 
 
 def _modules() -> dict[str, Path]:
@@ -50,7 +51,8 @@ def _layer(module: str) -> str | None:
 
 def test_core_imports_nothing_above_it_and_inference_not_training():
     modules = _modules()
-    allowed = {"core": {"core"}, "training": {"core", "training"}, "inference": {"core", "inference"}}
+    # Training may use inference code (evaluation averages an ensemble as predict does); never the reverse.
+    allowed = {"core": {"core"}, "training": {"core", "training", "inference"}, "inference": {"core", "inference"}}
     wrong = []
     for name, path in modules.items():
         layer = _layer(name)

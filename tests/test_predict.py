@@ -106,7 +106,7 @@ def test_runtimes_agree_with_pytorch(models, images):
     runs = [("pt", "torch"), ("ts", "torch"), ("onnx", "onnxruntime"), ("onnx", "openvino"), ("xml", "openvino"),
             ("static", "onnxruntime"), ("static", "openvino")]
     for key, backend in runs:
-        runtime = open_runtime(models[key], backend)
+        runtime = open_runtime(models[key], backend, trust_torchscript=key == "ts")
         assert runtime.backend == backend and runtime.classes == CLASSES and runtime.input_size == (3, 32, 32)
         assert runtime.spec == SPEC and runtime.card.input == SPEC
         assert (runtime.spec.mean, runtime.spec.std, runtime.spec.resize, runtime.spec.resize_size) == (

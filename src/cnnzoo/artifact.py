@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from cnnzoo.errors import UserError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CROP_FRACTION", "RESIZE_MODES", "INTERPOLATIONS", "ArtifactError",
-           "InputSpec", "ModelCard", "parse_input_size", "resolve_input_size", "photo_spec"]
+           "InputSpec", "ModelCard", "parse_input_size", "resolve_input_size", "photo_spec", "is_torchscript"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GREY_MEAN, GREY_STD = (0.5,), (0.5,)  # grey photos: no ImageNet statistics exist
@@ -173,6 +175,16 @@ class ModelCard:
             return cls.from_dict(json.loads(text), source)
         except json.JSONDecodeError:
             raise ArtifactError(f"{source}: the cnnzoo metadata is not valid JSON") from None
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether a file is a TorchScript archive: a program that runs code when loaded, never opened as weights.
+    Such an archive is a zip holding code/ and constants.pkl; a torch.save checkpoint holds data.pkl only."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _legacy_spec(d: Mapping) -> InputSpec:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cnnzoo.artifact import ArtifactError, ModelCard
+from cnnzoo.artifact import ArtifactError, ModelCard, is_torchscript
 from cnnzoo.errors import UserError
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "DiskFullError", "save_checkpoint", "load_checkpoint",
@@ -165,6 +165,8 @@ def read_weights(path: str | Path) -> object:
     read through here, so a corrupted one is a CheckpointError (one line), never garbage weights.
     """
     path = Path(path)
+    if is_torchscript(path):  # refused before torch.load, which would print its own warnings about it
+        raise CheckpointError(f"{path} is a TorchScript program (it runs code when loaded), not a weights file")
     _check_archive(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)

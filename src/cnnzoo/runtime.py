@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnzoo.artifact import ModelCard
+from cnnzoo.artifact import ModelCard, is_torchscript
 from cnnzoo.choices import BACKENDS
 from cnnzoo.errors import UserError
 from cnnzoo.images import preprocess
@@ -198,7 +198,7 @@ class TorchRuntime(Runtime):
         torch = _import("torch")
         self._torch = torch
         source = Path(path) / "last.pt" if Path(path).is_dir() else Path(path)  # a run folder: its last.pt
-        if _is_torchscript(source):
+        if is_torchscript(source):
             if not trust_torchscript:
                 raise UserError(f"{source} is a TorchScript program, which runs code when loaded: open it only if you "
                                 "trust it, with --trust-torchscript (trust_torchscript=True)")
@@ -238,15 +238,6 @@ class TorchRuntime(Runtime):
         with torch.inference_mode(), self._autocast(x.device.type):
             out = self.model(x)
         return out.float().numpy()
-
-
-def _is_torchscript(path: str | Path) -> bool:
-    # A TorchScript archive is a zip holding code/ and constants.pkl; a torch.save checkpoint holds data.pkl only.
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/constants.pkl") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
 
 
 class OnnxRuntime(Runtime):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cnnzoo.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from cnnzoo.checkpoint import read_weights
 from cnnzoo.errors import UserError
 from cnnzoo.models.base import ZooModel
 
@@ -78,15 +79,15 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     """The file's tensors, its kind, and the cnnzoo checkpoint payload (empty for plain state_dicts)."""
     if not path.is_file():
         raise UserError(f"no such weights file: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             return load_file(str(path), device="cpu"), "safetensors", {}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle refused by weights_only, truncated zip, foreign format, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read weights from {path}: {reason[:200]}") from None
+        except Exception as err:  # a truncated or foreign file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"cannot read weights from {path}: {reason[:200]}") from None
+    obj = read_weights(path)  # CRCs, weights_only, the recorded digest: the one reader of weight files
     payload = {}
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         payload, obj, kind = obj, obj.get("state_dict"), "cnnzoo checkpoint"
