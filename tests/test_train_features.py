@@ -313,8 +313,13 @@ def test_cli_evaluate_and_predict_ensembles_with_csv(trained, tmp_path, capsys):
 def test_end_of_run_messages_name_only_what_exists(tmp_path, capsys):
     out = tmp_path / "run"
     capsys.readouterr()
-    assert main(["train", "lenet5", "--data", "digits", "--limit", "64", "--max-steps", "1", "--no-progress",
-                 "--out", str(out)]) == 0
+    assert main(["train", "lenet5", "--data", "digits", "--limit", "64", "--epochs", "1", "--max-steps", "1",
+                 "--no-progress", "--out", str(out)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"run folder: {out}  (no epoch finished yet; last.pt: resume with --resume)"
     assert not (out / "best.pt").exists() and not (out / "curves.png").exists()
+    # The resumed run is not boxed by the recorded --max-steps (it would stop again after one step).
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"run folder: {out}  (best val top-1 ") and last.endswith(
+        "at epoch 1; curves.png, last.pt, best.pt)")

@@ -1057,11 +1057,13 @@ def dump_recipe(config: TrainConfig) -> str:
 
 
 def resume_plan(path: str | Path) -> tuple[str, dict, dict, TrainConfig]:
-    """What a run folder records: (model name, model kwargs, load_data options, TrainConfig with resume set)."""
+    """What a run folder records: (model name, model kwargs, load_data options, TrainConfig with resume set).
+    The recorded max_steps is dropped: it boxed the run that stopped, and kept it would stop the resumed run
+    after one step (the step count runs on across resumes); pass --max-steps again for a new box."""
     ckpt, _ = find_resumable(path)
     recorded = dict(ckpt.record.get("config") or {})
     data_options = dict(recorded.pop("data", None) or {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in recorded.items() if k in names})
-    return ckpt.card.model_name, dict(ckpt.card.model_kwargs), data_options, dataclasses.replace(config,
-                                                                                                  resume=str(path))
+    return (ckpt.card.model_name, dict(ckpt.card.model_kwargs), data_options,
+            dataclasses.replace(config, resume=str(path), max_steps=None))
