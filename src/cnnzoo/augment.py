@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from cnnzoo.errors import UserError
+from cnnzoo.options import TRAIN_OPTIONS, check
 
 __all__ = ["PRESETS", "POLICIES", "SMALL_SIDE", "Augmentation", "augment_images", "image_transform", "BatchStage",
            "random_erase", "preset_help"]
@@ -103,19 +104,15 @@ class Augmentation:
     @classmethod
     def build(cls, preset: str, data_preset: str, *, flip: bool, crop_pad: int, crop_scale: Sequence[float],
               erase: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Augmentation:
-        """Check the options; a policy preset takes the geometry of the data's own preset ``data_preset``."""
+        """Check the options (their ranges are cnnzoo.options.TRAIN_OPTIONS'); a policy preset takes the geometry of
+        the data's own preset ``data_preset``."""
         if preset not in PRESETS:
             raise UserError(f"unknown augmentation {preset!r}; choose from {', '.join(PRESETS)}")
+        check(dict(crop_pad=crop_pad, crop_scale=list(crop_scale), erase=erase, mixup=mixup, cutmix=cutmix),
+              TRAIN_OPTIONS)
         low, high = (float(v) for v in crop_scale)
-        problems = [
-            (not 0 < low <= high <= 1, f"--crop-scale must be two fractions 0 < low <= high <= 1, not {low}, {high}"),
-            (crop_pad < 0, f"crop padding must be >= 0 pixels, not {crop_pad}"),
-            (not 0 <= erase <= 1, f"--erase is a probability in [0, 1], not {erase}"),
-            (mixup < 0 or cutmix < 0, f"--mixup and --cutmix take alpha >= 0, not {mixup}, {cutmix}"),
-        ]
-        for failed, message in problems:
-            if failed:
-                raise UserError(message)
+        if low > high:
+            raise UserError(f"--crop-scale takes LOW,HIGH with LOW <= HIGH, got {low:g},{high:g}")
         geometry = PRESETS[preset].geometry or PRESETS[data_preset].geometry or "none"
         return cls(preset, geometry, bool(flip), int(crop_pad), (low, high), float(erase), float(mixup),
                    float(cutmix))

@@ -59,17 +59,16 @@ class EvalReport:
     def table(self) -> str:
         width = max(10, *(len(c) for c in self.classes))
         macro = self.macro
+        tta = f" with test-time augmentation {self.tta}" if self.tta != "none" else ""
         lines = [f"top-1 {self.top1:.4f}   top-5 {self.top5:.4f}   loss {self.loss:.4f}   ({self.images} images, "
-                 f"{len(self.misclassified)} misclassified)",
+                 f"{len(self.misclassified)} misclassified{',' if tta else ''}{tta})",
                  f"balanced accuracy {self.balanced_accuracy:.4f}   macro precision {macro['precision']:.4f}   "
                  f"recall {macro['recall']:.4f}   F1 {macro['f1']:.4f}"]
-        if self.members:
-            how = "ensemble" if len(self.members) > 1 else "model"
-            tta = f" with test-time augmentation {self.tta}" if self.tta != "none" else ""
-            lines += ["", f"{how} of {len(self.members)}{tta}:"]
+        if len(self.members) > 1:
+            lines += ["", f"ensemble of {len(self.members)}{tta}:"]
             lines += [f"  {m['path']}: top-1 {m['top1']:.4f}   top-5 {m['top5']:.4f}   loss {m['loss']:.4f}"
                       for m in self.members]
-            lines += [f"  {how}: top-1 {self.top1:.4f}   top-5 {self.top5:.4f}   loss {self.loss:.4f}"]
+            lines += [f"  ensemble: top-1 {self.top1:.4f}   top-5 {self.top5:.4f}   loss {self.loss:.4f}"]
         lines += ["", f"{'class':<{width}}  precision     recall         f1    support"]
         lines += [f"{r['name']:<{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  {r['f1']:>9.4f}  "
                   f"{r['support']:>9}" for r in self.per_class]
