@@ -102,9 +102,11 @@ def training_figure(epochs: Sequence[Mapping], title: str = "",
                      label=label)
     _loss_scale(loss_ax, [e[k] for e in epochs for k in ("train_loss", "val_loss") if k in e])
     best = max(epochs, key=lambda e: e["val_top1"])
+    top1_ax.plot(best["epoch"], 100 * best["val_top1"], "*", color="tab:orange", ms=11, zorder=3)
     top1_ax.annotate(f"best {100 * best['val_top1']:.2f}%\n(epoch {best['epoch']})", (best["epoch"],
-                     100 * best["val_top1"]), xytext=(0, -28), textcoords="offset points", ha="center", fontsize=8,
-                     arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6))
+                     100 * best["val_top1"]), xytext=(0, -30), textcoords="offset points", ha="center", fontsize=8,
+                     arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6),
+                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.8", alpha=0.9))
     panels = [(loss_ax, "loss"), (top1_ax, "top-1 accuracy (%)")]
     if lr:
         axes[2].plot(lr[0], lr[1], color="tab:purple", lw=1.4)
