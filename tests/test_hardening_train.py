@@ -497,9 +497,9 @@ def test_a_checkpoint_pickle_that_runs_code_never_runs_in_the_training_commands(
     evil = tmp_path / "evil.pt"
     torch.save({"format": "cnnzoo-checkpoint", "version": 2, "state_dict": {}, "x": _RunsCode(marker)}, evil)
     refused = "is not a readable checkpoint: Unsupported global: GLOBAL exec was not an allowed global by default"
-    commands = [  # --init reads through cnnzoo.transfer, with its own message
+    commands = [  # --init reads through checkpoint.read_weights too
         (["train", "lenet5", "--data", "digits", *TINY, "--init", str(evil), "--out", str(tmp_path / "run")],
-         f"cannot read weights from {evil}"),
+         f"{evil} is not a readable checkpoint: Unsupported global"),
         (["train", "--resume", str(evil)], refused),
         (["evaluate", str(evil), "--out", str(tmp_path / "ev")], refused),
         (["baseline", "svm", "--data", "digits", "--features", str(evil), "--limit", "40"], refused),
