@@ -85,6 +85,7 @@ def predict(
     topk: int = 5,
     backend: str = "auto",
     batch_size: int = BATCH_SIZE,
+    precision: str = "auto",
     trust_torchscript: bool = False,
     tta: str = "none",
 ) -> list[Prediction]:
@@ -97,6 +98,8 @@ def predict(
         topk: how many classes to return per image (at most the number of classes).
         backend: "auto", "torch", "onnxruntime" or "openvino" (see cnnzoo.runtime.open_runtime).
         batch_size: images run through the model together.
+        precision: "auto" (the export's recorded choice, else the file's own), "fp32", "bf16" or "int8" (see
+            cnnzoo.precision).
         trust_torchscript: accept a TorchScript file, a program that runs code when loaded (see open_runtime).
         tta: test-time augmentation, one of cnnzoo.ensemble.TTA_MODES ("none": the plain prediction).
 
@@ -108,7 +111,8 @@ def predict(
     paths = expand_sources(sources)
     tta_views(np.zeros((1, 1, 2, 2), np.float32), tta)  # an unknown mode fails before any model is opened
     models = list(model) if isinstance(model, (list, tuple)) else [model]
-    runtimes = [m if isinstance(m, Runtime) else open_runtime(m, backend, trust_torchscript=trust_torchscript)
+    runtimes = [m if isinstance(m, Runtime) else open_runtime(m, backend, precision=precision,
+                                                              trust_torchscript=trust_torchscript)
                 for m in models]
     check_members([r.card for r in runtimes], [r.path for r in runtimes])
     results: list[Prediction] = []

@@ -1,4 +1,4 @@
-"""`cnnzoo explain`: what a trained network looks at in one image, or what it has learnt (textbook figures), as a PNG."""
+"""`cnnzoo explain`: what a trained network looks at in one image, or what it has learnt (textbook figures)."""
 
 from __future__ import annotations
 

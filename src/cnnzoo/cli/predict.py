@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cnnzoo.choices import BACKENDS
 from cnnzoo.ensemble import TTA_MODES
+from cnnzoo.precision import PRECISION_CHOICES
 
 MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".xml")  # the leading arguments with these suffixes are the models
 
@@ -23,6 +24,13 @@ def add_trust_flag(p: argparse.ArgumentParser) -> None:
     """--trust-torchscript, on every command that opens a model file for inference (predict, serve)."""
     p.add_argument("--trust-torchscript", action="store_true",
                    help="accept a TorchScript export (.pt): this file is a program: it runs code when loaded")
+
+
+def add_precision_flag(p: argparse.ArgumentParser) -> None:
+    """--precision, on every command that runs a model file (predict, serve)."""
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="auto (default): the configuration `cnnzoo export --precision` chose and recorded in the "
+                        "file, else the file's own (fp32, or int8 for a quantised export); or fp32, bf16, int8")
 
 
 def _models_and_images(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -41,7 +49,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     models, images = _models_and_images(args)
     paths = expand_sources(images)  # a mistyped path fails before a large model is loaded
-    runtimes = [open_runtime(m, args.backend, trust_torchscript=args.trust_torchscript) for m in models]
+    runtimes = [open_runtime(m, args.backend, precision=args.precision, trust_torchscript=args.trust_torchscript)
+                for m in models]
     results = predict(runtimes, paths, topk=args.topk, tta=args.tta)
     if args.csv:
         write_csv(results, args.csv)
@@ -86,5 +95,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="inference runtime (default: auto, the fastest installed for the file on CPU: "
         "OpenVINO, then ONNX Runtime, for .onnx; torch for a checkpoint)",
     )
+    add_precision_flag(p)
     add_trust_flag(p)
     p.set_defaults(handler=cmd_predict)
