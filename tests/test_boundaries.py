@@ -120,6 +120,9 @@ def test_export_refuses_sizes_the_network_cannot_take(tmp_path, capsys):
         assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx"), "--input-size", size]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "lenet5" in err[0], err
+        assert main(["summary", "lenet5", "--input-size", size]) == 2  # the same sizes, the same one line
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "lenet5" in err[0], err
     assert not (tmp_path / "m.onnx").exists()
     # HxW keeps the model's channels: the checkpoint's 1 channel, not 3.
     assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx"), "--input-size", "32x32"]) == 0

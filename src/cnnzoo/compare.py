@@ -52,7 +52,7 @@ import cnnzoo
 from cnnzoo.errors import UserError
 from cnnzoo.published import Published, published
 from cnnzoo.registry import create_model, list_models, model_info
-from cnnzoo.summary import format_count, summarize
+from cnnzoo.summary import format_count, summarize, tensors_in
 
 __all__ = ["BACKENDS", "DOCS_TIMED", "ModelRow", "Comparison", "Run", "RunRow", "RunComparison", "compare",
            "compare_models", "compare_runs", "model_depth", "static_row", "time_model", "machine_info",
@@ -72,17 +72,6 @@ _DEPTH = "_cnnzoo_depth"  # attribute on traced tensors: weight layers on the lo
 _WEIGHT_LAYERS = {"conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear"}
 
 
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
 class _DepthTracer(TorchFunctionMode):
     """Every result of a torch function is one weight layer deeper than its deepest input if the function is a
     convolution or linear layer, and as deep otherwise (a merge takes its deepest branch)."""
@@ -90,10 +79,10 @@ class _DepthTracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        depths = [getattr(t, _DEPTH) for t in _tensors((args, kwargs)) if hasattr(t, _DEPTH)]
+        depths = [getattr(t, _DEPTH) for t in tensors_in((args, kwargs)) if hasattr(t, _DEPTH)]
         if depths:
             depth = max(depths) + (getattr(func, "__name__", "") in _WEIGHT_LAYERS)
-            for t in _tensors(out):
+            for t in tensors_in(out):
                 setattr(t, _DEPTH, depth)
         return out
 
@@ -111,7 +100,7 @@ def model_depth(model: nn.Module, input_size: Sequence[int]) -> int:
             out = model(x)
     finally:
         model.train(was_training)
-    return max(getattr(t, _DEPTH, 0) for t in _tensors(out))
+    return max(getattr(t, _DEPTH, 0) for t in tensors_in(out))
 
 
 # ------------------------------------------------------------------------------------------------ rows

@@ -38,7 +38,7 @@ from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.errors import UserError
 from cnnzoo.images import open_image, preprocess
 
-__all__ = ["METHODS", "Explanation", "explain"]
+__all__ = ["METHODS", "Explanation", "explain", "resolve_layer"]
 
 METHODS = ("cam", "gradcam", "gradcam++", "saliency", "guided-backprop", "deconvnet", "features")
 LAYER_METHODS = ("cam", "gradcam", "gradcam++")  # a map over the layer's grid, upsampled to the input
@@ -162,7 +162,9 @@ def _resolve_input(image, card: ModelCard | None) -> tuple[torch.Tensor, np.ndar
     return x, shown.transpose(1, 2, 0)
 
 
-def _resolve_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
+def resolve_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
+    """(name, module) of a layer by name, default the model's cam_layer; an unknown name is one line naming the
+    closest ones."""
     name = layer if layer is not None else getattr(model, "cam_layer", "")
     modules = dict(model.named_modules())
     modules.pop("", None)
@@ -327,7 +329,7 @@ def explain(
                             "deconvnet and features")
         name, module = "", model
     else:
-        name, module = _resolve_layer(model, layer)
+        name, module = resolve_layer(model, layer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captum warns on every call that it hooks ReLUs and that input needs grad
         result = RUNNERS[method](model, x, target, name, module)

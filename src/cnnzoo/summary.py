@@ -58,9 +58,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnzoo.catalog import format_count  # defined there so that `cnnzoo models` needs no torch
-from cnnzoo.errors import UserError
+from cnnzoo.errors import InputSizeError
 
-__all__ = ["LayerRow", "Summary", "summarize", "InputSizeError", "format_count"]
+__all__ = ["LayerRow", "Summary", "summarize", "InputSizeError", "format_count", "tensors_in"]
 
 _TAG = "_cnnzoo_field"  # attribute on traced tensors: their _Field
 _LISTED = "_cnnzoo_listed"  # attribute on traced tensors: a row shows this value
@@ -85,8 +85,6 @@ _OP_NAMES = {
 }  # fmt: skip
 
 
-class InputSizeError(UserError):
-    """The input is too small for the network (a layer would shrink it below 1x1)."""
 
 
 @dataclass
@@ -280,15 +278,16 @@ def _arg(args: tuple, kwargs: dict, index: int | None, name: str, default):
     return args[index] if index is not None and len(args) > index else default
 
 
-def _tensors(obj) -> Iterator[torch.Tensor]:
+def tensors_in(obj) -> Iterator[torch.Tensor]:
+    """The tensors in a nest of lists, tuples and dicts (a call's arguments or outputs), depth first."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (list, tuple)):
         for item in obj:
-            yield from _tensors(item)
+            yield from tensors_in(item)
     elif isinstance(obj, dict):
         for item in obj.values():
-            yield from _tensors(item)
+            yield from tensors_in(item)
 
 
 def _spatial(t: torch.Tensor) -> tuple[int, int] | None:
@@ -434,8 +433,8 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
-        tagged = [t for t in _tensors((args, kwargs)) if hasattr(t, _TAG)]
-        outs = list(_tensors(out))
+        tagged = [t for t in tensors_in((args, kwargs)) if hasattr(t, _TAG)]
+        outs = list(tensors_in(out))
         if not tagged or not outs:
             return out
         window = _window(name, args, kwargs, outs[0])
@@ -447,7 +446,7 @@ class _Tracer(TorchFunctionMode):
                 continue  # the same tensor handed back (x.contiguous(), an in-place ReLU): its row still shows it
             setattr(t, _TAG, new)
             setattr(t, _LISTED, False)
-        params = [p for p in _tensors((args, kwargs)) if isinstance(p, nn.Parameter)]
+        params = [p for p in tensors_in((args, kwargs)) if isinstance(p, nn.Parameter)]
         macs = _macs(name, args, outs[0]) // self.state.batch
         self.state.record_function(op, macs, window, params, outs[0])
         return out
@@ -487,7 +486,7 @@ class _State:
 
     def leave(self, module: nn.Module, inputs: tuple, output) -> None:
         self.stack.pop()
-        t = next(_tensors(output), None)
+        t = next(tensors_in(output), None)
         name = self.names.get(id(module), "")
         if self.is_leaf(module):
             params = self.take(module.parameters())
@@ -633,11 +632,14 @@ def summarize(
     try:
         _trace(model, input_size, state)
     except RuntimeError as err:
-        if not _is_size_error(err):
-            raise
+        # A network traces at its own size; at another, any shape error is that size's fault (a head sized for
+        # one input, like LeNet-5's C5 -> F6), so it is the user's one-line mistake, not a traceback.
         size = "x".join(map(str, input_size))
         where = f" at {state.last_module}" if state.last_module else ""
-        raise InputSizeError(f"input {size} is too small for {name}{where}") from None
+        if _is_size_error(err):
+            raise InputSizeError(f"input {size} is too small for {name}{where}") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputSizeError(f"{name} cannot take a {size} input{where}: {reason}") from None
     finally:
         model.train(was_training)
     params = list(model.parameters())

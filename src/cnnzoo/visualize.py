@@ -20,7 +20,6 @@ start + y * jump ... + RF - 1 (zero outside the image), and the reconstruction i
 
 from __future__ import annotations
 
-import difflib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
+from cnnzoo.explanation import resolve_layer
 from cnnzoo.errors import UserError
 from cnnzoo.images import ImageError, image_files, open_image, preprocess
 
@@ -205,18 +205,6 @@ class _ChannelProbe(nn.Module):
             handle.remove()
 
 
-def _find_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
-    name = layer if layer is not None else getattr(model, "cam_layer", "")
-    modules = dict(model.named_modules())
-    modules.pop("", None)
-    if name not in modules:
-        close = difflib.get_close_matches(str(name), list(modules), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        some = ", ".join(list(modules)[:12]) + (", ..." if len(modules) > 12 else "")
-        raise UserError(f"unknown layer {name!r} for {type(model).__name__}{hint} (layers: {some})")
-    return name, modules[name]
-
-
 def _field(model: nn.Module, input_size, layer: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """(RF, jump, start) of the layer's output: its last row in the summary (a module's output is its last row)."""
     from cnnzoo.summary import summarize
@@ -308,7 +296,7 @@ def top_activations(source: str | Path | Checkpoint, data: str | Path, layer: st
         raise UserError(f"{data}: no image files in this folder")
     model, ckpt = _load(source)
     spec = ckpt.card.input
-    name, module = _find_layer(model, layer)
+    name, module = resolve_layer(model, layer)
     result = TopActivations(ckpt.card.model_name, name, (0, 0), (0, 0), 0)
     values, kept = _scan(model, module, files, spec, result.skipped)
     result.rf, result.jump, start = _field(model, spec.size, name)
