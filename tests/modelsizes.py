@@ -1,5 +1,6 @@
 """Input sizes for tests, found on the meta device (no weights, no arithmetic)."""
 
+import os
 from functools import cache
 
 import torch
@@ -26,3 +27,31 @@ def smallest_input(name: str, train: bool = True) -> tuple[int, int, int]:
         except (InputSizeError, RuntimeError):
             continue
     raise AssertionError(f"{name} takes none of the sizes {CANDIDATES}")
+
+
+# The cost of the registry sweeps is set by the few largest networks: regnet_y_128gf's 645M parameters (a 30 s
+# contract step, an 18 s parity run) and the 1000-layer CIFAR ResNets' 4000-6000 modules (30 s to script, 25 s to
+# export). Each has smaller siblings of the same blocks in the default sweeps; CNNZOO_SLOW=1 runs them all.
+FULL = os.environ.get("CNNZOO_SLOW") == "1"
+HEAVY_PARAMS, HEAVY_MODULES = 200_000_000, 3000
+
+
+@cache
+def size_of(name: str) -> tuple[int, int]:
+    """(parameters, modules) of a registered network at its defaults, counted on the meta device."""
+    with torch.device("meta"):
+        model = create_model(name)
+    return sum(p.numel() for p in model.parameters()), sum(1 for _ in model.modules())
+
+
+def heavy(name: str) -> bool:
+    params, modules = size_of(name)
+    return params > HEAVY_PARAMS or modules > HEAVY_MODULES
+
+
+def sweep(names) -> list:
+    """The names, the heavy ones marked to run only with CNNZOO_SLOW=1."""
+    import pytest
+
+    slow = pytest.mark.skipif(not FULL, reason="heavy (modelsizes.heavy): swept with CNNZOO_SLOW=1")
+    return [pytest.param(n, marks=slow) if heavy(n) else n for n in names]

@@ -27,7 +27,8 @@ from cnnzoo.exporting import ExportError, export
 from cnnzoo.errors import InputSizeError, UserError
 from cnnzoo.registry import create_model, list_models
 from cnnzoo.runtime import META_KEY, open_runtime
-from modelsizes import smallest_input
+from modelsizes import heavy, smallest_input
+from modelsizes import sweep as slow_if_heavy
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
 # CNNZOO_SLOW=1 adds the slow cases: vgg11's adaptive-pool head at 224 with its full classifier.
@@ -301,8 +302,8 @@ def test_documented_failures_are_registered_networks():
 # Serialising the weights is what a big network's export costs (convnext_large: 46 s to write and reload 800 MB),
 # and its graph is made of the blocks of a smaller sibling that the default sweep exports (convnext_tiny,
 # efficientnet_v2_s, regnet_y_400mf, ...). So the default suite exports every network up to this many parameters
-# (after narrowing 4096-wide classifiers), and CNNZOO_SLOW=1 exports every network.
-SWEEP_PARAMS = 80_000_000
+# (after narrowing 4096-wide classifiers) and the smallest of each family, and CNNZOO_SLOW=1 exports every network.
+SWEEP_PARAMS = 40_000_000
 
 
 @functools.cache
@@ -312,9 +313,22 @@ def _exported_params(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@functools.cache
+def _default_sweep() -> frozenset[str]:
+    from cnnzoo.registry import model_info
+
+    smallest = {}
+    for name in list_models():
+        family = model_info(name).family
+        if family not in smallest or _exported_params(name) < _exported_params(smallest[family]):
+            smallest[family] = name
+    return frozenset(n for n in list_models() if n in smallest.values() or
+                     (_exported_params(n) <= SWEEP_PARAMS and not heavy(n)))
+
+
 def onnx_sweep() -> list:
-    slow = pytest.mark.skipif(not FULL_SWEEP, reason="above SWEEP_PARAMS: exported with CNNZOO_SLOW=1")
-    return [pytest.param(n, marks=slow) if n not in CANNOT_EXPORT and _exported_params(n) > SWEEP_PARAMS else n
+    slow = pytest.mark.skipif(not FULL_SWEEP, reason="above SWEEP_PARAMS or heavy: exported with CNNZOO_SLOW=1")
+    return [pytest.param(n, marks=slow) if n not in CANNOT_EXPORT and n not in _default_sweep() else n
             for n in sweep(CANNOT_EXPORT)]
 
 
@@ -323,8 +337,7 @@ def test_every_family_is_exported_by_the_default_sweep():
     from cnnzoo.registry import model_info
 
     families = {model_info(n).family for n in list_models()}
-    exported = {model_info(n).family for n in list_models() if _exported_params(n) <= SWEEP_PARAMS}
-    assert families == exported, sorted(families - exported)
+    assert families == {model_info(n).family for n in _default_sweep()}
 
 
 @pytest.mark.parametrize("name", onnx_sweep())
@@ -339,7 +352,7 @@ def test_registry_onnx_parity(name, tmp_path):
         export(model, tmp_path / "m.onnx", input_size=size, atol=parity_tolerance(model, size))
 
 
-@pytest.mark.parametrize("name", sweep(CANNOT_SCRIPT))
+@pytest.mark.parametrize("name", slow_if_heavy(sweep(CANNOT_SCRIPT)))
 def test_registry_torchscript_script(name):
     with torch.device("meta"):  # scripting compiles the code; no weights are needed
         model = create_model(name, num_classes=10).eval()

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from cnnzoo.registry import create_model, list_models
-from modelsizes import smallest_input
+from modelsizes import smallest_input, sweep
 
 TORCHVISION = set(torchvision.models.list_models(module=torchvision.models))
 SHARED = [n for n in list_models() if n in TORCHVISION]
@@ -19,7 +19,7 @@ def test_shared_names_cover_the_families():
     assert expected <= set(SHARED), sorted(expected - set(SHARED))
 
 
-@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("name", sweep(SHARED))
 def test_torchvision_parity(name):
     torch.manual_seed(0)
     theirs = torchvision.models.get_model(name, weights=None, **AUX.get(name, {})).eval()
