@@ -29,11 +29,12 @@ def smallest_input(name: str, train: bool = True) -> tuple[int, int, int]:
     raise AssertionError(f"{name} takes none of the sizes {CANDIDATES}")
 
 
-# The cost of the registry sweeps is set by the few largest networks: regnet_y_128gf's 645M parameters (a 30 s
+# The cost of the registry sweeps is set by the largest networks: regnet_y_128gf's 645M parameters (a 30 s
 # contract step, an 18 s parity run) and the 1000-layer CIFAR ResNets' 4000-6000 modules (30 s to script, 25 s to
-# export). Each has smaller siblings of the same blocks in the default sweeps; CNNZOO_SLOW=1 runs them all.
+# export), and the networks above 100M parameters or 1500 modules. Each has smaller siblings of the same blocks in
+# the default sweeps; CNNZOO_SLOW=1 runs them all.
 FULL = os.environ.get("CNNZOO_SLOW") == "1"
-HEAVY_PARAMS, HEAVY_MODULES = 200_000_000, 3000
+HEAVY_PARAMS, HEAVY_MODULES = 100_000_000, 1500
 
 
 @cache

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnnzoo.catalog import cached_table
 from cnnzoo.registry import create_model, list_models, model_info
 from cnnzoo.summary import InputSizeError, summarize
+from modelsizes import sweep
 
 
 def _meta(builder, *args, **kwargs):
@@ -199,7 +200,7 @@ def _check_receptive_field(model, input_size, summary) -> None:
     assert centre == _predicted(row, out_size, read), f"at {size}: rf {row.rf} jump {row.jump} start {row.rf_start}"
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", sweep(list_models()))
 def test_registered_network(name):
     """At the default input: every parameter and MAC is in some row, at every depth; MACs are half of
     FlopCounterMode's FLOPs; the cached model table holds these totals; and the receptive field of the map
