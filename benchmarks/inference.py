@@ -4,10 +4,11 @@
 
 Networks and images. The accuracy columns need real images and networks with real decisions, and nothing may be
 downloaded: scikit-learn's 8x8 digits are written as an ImageFolder (train/, val/) and every network is made a
-digits classifier. lenet5 (32x32) is trained on them for a few epochs; resnet18, mobilenet_v2 and efficientnet_b0
-(224x224, the photo preprocessing: the digit upscaled, centre crop) keep random convolutions, with BatchNorm
-statistics set from one batch of digits, and get a 10-class linear head fitted (logistic regression) on their
-pooled features. The compute is that of the real network at 224; the decisions have margins as a trained head's do.
+digits classifier by a short training at its own input size: lenet5 at 32x32 (the digits stretched), resnet18,
+mobilenet_v2 and efficientnet_b0 at 224x224 (the photo preprocessing: the digit upscaled, centre crop), 30 Adam
+steps of 32 images with --quick, 120 without. The compute is the real network's at 224; the decisions have margins,
+as a trained network's do (a random network with a fitted linear head has none worth measuring: see
+make_classifier).
 
 Configurations (all on the same checkpoint): torch eager and torch.compile at fp32 and bf16 (autocast), ONNX Runtime
 fp32 and int8 (QDQ), OpenVINO fp32, bf16 and int8 (NNCF), and cnnzoo auto: `cnnzoo.export(..., precision="auto")`
@@ -88,10 +89,12 @@ def folder_arrays(folder: Path, card) -> tuple[np.ndarray, np.ndarray]:
     return x, np.array([y for _, y in items])
 
 
-def make_classifier(name: str, card, data: Path, epochs: int):
-    """A digits classifier: lenet5 trained end to end; a 224 network's random features with a fitted linear head."""
+def make_classifier(name: str, card, data: Path, steps: int):
+    """A digits classifier trained end to end at the network's own input size: ``steps`` Adam steps of 32 images
+    (lenet5: 200 steps of 64). A short training still gives the decisions real margins: a network with random
+    convolutions and a fitted linear head decides on differences near float32 rounding (bf16 then agreed with fp32
+    on 37% of the digits for mobilenet_v2), which says nothing about a trained network."""
     import torch
-    from sklearn.linear_model import LogisticRegression
 
     from cnnzoo.registry import create_model
 
@@ -99,35 +102,26 @@ def make_classifier(name: str, card, data: Path, epochs: int):
     model = create_model(name, num_classes=10)
     x, y = folder_arrays(data / "train", card)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    if name == "lenet5":
-        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-        for _ in range(epochs):
-            for start in range(0, len(x), 64):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64]).backward()
-                opt.step()
-        return model.eval()
+    small = name == "lenet5"
+    batch, steps, lr = (64, 200, 5e-3) if small else (32, steps, 3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch,), generator=order)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    # BatchNorm statistics of the trained weights (a cumulative average over 256 training images): the running
+    # averages of so short a training still remember the first steps' weights, and eval mode then predicted one class
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:  # statistics of real inputs, as training would leave them (random statistics underflow)
+    for m in norms:
         m.reset_running_stats()
         m.momentum = None
     with torch.no_grad():
-        model.train()(x[:32])
-    model.eval()
-    pooled = []
-    hook = model.get_classifier().register_forward_pre_hook(lambda m, a: pooled.append(a[0]))
-    with torch.inference_mode():
-        for start in range(0, len(x), 32):
+        for start in range(0, min(len(x), 256) if norms else 0, 32):
             model(x[start : start + 32])
-    hook.remove()
-    features = torch.cat(pooled).numpy()
-    scale = features.std() + 1e-6
-    head = LogisticRegression(max_iter=2000).fit(features / scale, y.numpy())
-    with torch.no_grad():
-        fc = model.get_classifier()
-        fc.weight.copy_(torch.from_numpy(head.coef_ / scale).float())
-        fc.bias.copy_(torch.from_numpy(head.intercept_).float())
-    return model
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,16 +290,12 @@ def goals(name: str, configs: list[Config]) -> list[str]:
     for b in BATCHES:
         best = max((c for c in configs[:-1] if passes(c, reference)), key=lambda c: c.img_s(b))
         fp32 = max((c for c in configs if c.precision == "fp32"), key=lambda c: c.img_s(b))
-        int8 = [c for c in configs[:-1] if c.precision == "int8" and passes(c, reference)]
+        int8 = max((c for c in configs[:-1] if c.precision == "int8"), key=lambda c: c.img_s(b))
         ratio = auto.img_s(b) / best.img_s(b)
-        line = (f"{name} batch {b}: auto ({auto.label[14:]}) {ratio:.2f}x the best passing alternative "
-                f"({best.label}) [{'ok' if ratio >= 1.0 else 'MISSED'}]")
-        if int8:
-            fastest = max(int8, key=lambda c: c.img_s(b))
-            line += f"; int8 {fastest.img_s(b) / fp32.img_s(b):.2f}x the fastest fp32 ({fastest.label})"
-        else:
-            line += "; no int8 configuration passes the gate"
-        lines.append(line)
+        lines.append(f"{name} batch {b}: auto ({auto.label[14:]}) {ratio:.2f}x the best passing alternative "
+                     f"({best.label}) [{'ok' if ratio >= 1.0 else 'MISSED'}]; the fastest int8 ({int8.label}) "
+                     f"{int8.img_s(b) / fp32.img_s(b):.2f}x the fastest fp32 ({fp32.label}), "
+                     f"{'passing' if passes(int8, reference) else 'failing'} the gate")
     return lines
 
 
@@ -442,13 +432,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
           f"{threads} threads, {os.cpu_count()} CPUs{' (quick)' if args.quick else ''}; matmul peak "
           + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
-    rounds, calls = (3, {1: 5, 16: 2}) if args.quick else (10, {1: 20, 16: 4})
+    rounds, calls, steps = (3, {1: 5, 16: 2}, 30) if args.quick else (10, {1: 20, 16: 4}, 120)
     with tempfile.TemporaryDirectory(prefix="cnnzoo-bench-") as tmp:
         data = write_digits(Path(tmp) / "digits", {"train": 300 if args.quick else 1200, "val": 300})
         rows, lines, served = list(HEADER), [], None
         for name in names:
             card = card_for(name, MODELS[name])
-            model = make_classifier(name, card, data, epochs=40)  # lenet5: 40 short epochs, a few seconds
+            model = make_classifier(name, card, data, steps)
             configs, auto = configurations(name, model, card, Path(tmp), data, threads)
             x, y = folder_arrays(data / "val", card)
             measure_accuracy(configs, x, y)
@@ -465,7 +455,7 @@ def main() -> None:
         if not args.no_service:
             if served is None:
                 card = card_for("mobilenet_v2", MODELS["mobilenet_v2"])
-                served = configurations("mobilenet_v2", make_classifier("mobilenet_v2", card, data, 0), card,
+                served = configurations("mobilenet_v2", make_classifier("mobilenet_v2", card, data, steps), card,
                                         Path(tmp), data, threads)[1].path
             print("\n".join(service_table(served, args.quick, threads)))
 

@@ -16,7 +16,8 @@ is kept in the record and shown. The choice, its speed at batch 1 and the servic
 the alternatives are stored as a Deployment under ``card.extra["deploy"]``, so open_runtime (predict, serve) runs
 the chosen backend and precision without measuring again.
 
-Torch-free: numpy, PIL and the core only; runtimes are passed in (this module never opens one).
+Torch-free at import (numpy, PIL and the core; the torch bf16 check imports torch when asked): runtimes are
+passed in, this module never opens one.
 """
 
 from __future__ import annotations
