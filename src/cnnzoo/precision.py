@@ -47,6 +47,7 @@ PRECISION_CHOICES = ("auto", *PRECISIONS)
 ALIASES = {"f32": "fp32", "float32": "fp32", "bfloat16": "bf16"}  # "f32" was runtime.PRECISIONS' spelling
 DEFAULT_BATCH = 16  # the service's --max-batch: the second batch size auto measures at
 SPEED_BUDGET_S = 0.5  # seconds of timed calls per candidate and batch size at export
+SPEED_ROUNDS = 3  # the candidates are timed in turn, this many times over: a burst of load hits one round of each
 HELD_OUT = 5  # without a validation split, every 5th training image (per class) is held out for the gate
 
 
@@ -327,8 +328,9 @@ def run_trials(openers: Sequence[tuple[Candidate, Callable[[], object]]], images
                log: Callable[[str], None] | None = None) -> list[Trial]:
     """Open, judge and time each candidate. The first is the fp32 reference; a candidate whose opener raises a
     UserError (a CPU without bf16, a quantisation that fails) is refused with that message; a reduced precision
-    that fails the gate is refused and not timed."""
-    trials, reference = [], None
+    that fails the gate is refused and not timed. The others are timed interleaved, SPEED_ROUNDS rounds of
+    ``budget_s`` / SPEED_ROUNDS each; a batch size's images/s is the median over the rounds."""
+    trials, reference, timed = [], None, []
     for candidate, opener in openers:
         trial = Trial(candidate.backend, candidate.precision, candidate.kind)
         trials.append(trial)
@@ -344,9 +346,13 @@ def run_trials(openers: Sequence[tuple[Candidate, Callable[[], object]]], images
             if candidate.precision != "fp32":  # fp32 on another backend is the same arithmetic: no gate
                 trial.reason = verdict.reason and f"fails the gate: {verdict.reason}"
             if trial.passed:
-                trial.images_per_s = measure_speed(runtime, batch_sizes, budget_s)
-        if log:
-            log(trial_line(trial))
+                timed.append((trial, runtime))
+    budget_s = (SPEED_BUDGET_S if budget_s is None else budget_s) / SPEED_ROUNDS
+    rounds = [[measure_speed(runtime, batch_sizes, budget_s) for _, runtime in timed] for _ in range(SPEED_ROUNDS)]
+    for i, (trial, _) in enumerate(timed):
+        trial.images_per_s = {b: statistics.median(speeds[i][b] for speeds in rounds) for b in batch_sizes}
+    for trial in trials if log else ():
+        log(trial_line(trial))
     return trials
 
 
