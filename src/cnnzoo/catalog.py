@@ -18,6 +18,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnnzoo.units import format_count
+
 __all__ = [
     "CatalogRow",
     "model_table",
@@ -46,14 +48,6 @@ class CatalogRow:
     macs: int
     input_size: tuple[int, int, int]
     small_input: bool
-
-
-def format_count(n: int) -> str:
-    """2,350,000,000 -> '2.35 G'; small counts keep their digits."""
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:.1f} {unit}"
-    return f"{n} "
 
 
 def model_table(pattern: str = "*") -> list[CatalogRow]:

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnnzoo.catalog import format_count  # defined there so that `cnnzoo models` needs no torch
+from cnnzoo.units import format_count
 from cnnzoo.errors import InputSizeError
 
 __all__ = ["LayerRow", "Summary", "summarize", "InputSizeError", "format_count", "tensors_in"]
