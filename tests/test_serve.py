@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -378,3 +379,40 @@ def test_a_model_that_cannot_load_stops_the_server(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
     assert result.returncode == 2
     assert f"cnnzoo serve: error: cannot serve {bad}" in result.stderr and "not a loadable ONNX model" in result.stderr
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_half_open_connections_closed_on_either_http_parser(files, monkeypatch, parser):
+    """The service runs on uvicorn's httptools protocol when httptools is installed (cnnzoo[serve]), else on h11;
+    on both, a connection with half a request head is closed after the idle timeout and a full one is answered."""
+    import uvicorn
+
+    from cnnzoo.serving import server_config
+
+    if parser == "h11":
+        monkeypatch.setitem(sys.modules, "uvicorn.protocols.http.httptools_impl", None)  # import fails: no httptools
+    else:
+        pytest.importorskip("httptools")
+    limits = Limits(idle_timeout_s=0.5)
+    app = create_app(files["onnx"], backend="onnxruntime", limits=limits)
+    config = server_config(app, "127.0.0.1", 0, limits, "warning")
+    assert parser in config.http.__name__.lower()
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert app.state.service.ready.wait(60)
+        while not server.started:
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        for sent, answered in ((b"GET /livez HTTP/1.1\r\nHost: x\r\n", False),
+                               (b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n", True)):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(sent)
+                received = b""
+                while chunk := sock.recv(4096):  # b"" once the server closes; a timeout error if it never does
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 200") == answered
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -107,14 +107,21 @@ def _import(backend: str):
         raise UserError(f"the {backend} backend is not installed (pip install {_PACKAGES[backend]})") from None
 
 
-def onnx_session(model: str | Path | bytes, threads: int | None = None):
-    """The one ONNX Runtime session factory (CPU provider): export checks, int8 calibration, the runtime."""
+def onnx_session(model: str | Path | bytes, threads: int | None = None, shares_cpu: bool = False):
+    """The one ONNX Runtime session factory (CPU provider): export checks, int8 calibration, the runtime.
+
+    ``shares_cpu``: the caller keeps other threads busy while the model runs (the service's decoders). Intra-op
+    threads then sleep between operators instead of spinning: spinning is ONNX Runtime's fastest mode on idle
+    cores, but on shared ones it burns the CPU time the other threads need (a third more CPU per image measured in
+    the service on 2 cores)."""
     ort = _import("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1  # one sequential graph: inter-op threads would only compete
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+    if shares_cpu:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -245,9 +252,10 @@ class OnnxRuntime(Runtime):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "auto"):
+    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "auto",
+                 shares_cpu: bool = False):
         try:
-            self.session = onnx_session(path, threads)
+            self.session = onnx_session(path, threads, shares_cpu)
         except UserError:
             raise
         except Exception as err:  # InvalidProtobuf, Fail, ...: all mean the file is not a usable ONNX model
@@ -392,7 +400,7 @@ _KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "onnx": "an ONNX model", "o
 
 def open_runtime(
     path: str | Path, backend: str = "auto", *, threads: int | None = None, precision: str = "auto",
-    trust_torchscript: bool = False,
+    trust_torchscript: bool = False, shares_cpu: bool = False,
 ) -> Runtime:
     """Load a model file on a backend, at a precision.
 
@@ -406,6 +414,8 @@ def open_runtime(
             on its backend, else the file's own (int8 for a quantised export, fp32 otherwise).
         trust_torchscript: open a TorchScript archive (.pt), which runs the code it carries when loaded; without
             it such a file is refused (UserError). Checkpoints never need it: they are read as weights only.
+        shares_cpu: the caller runs other CPU work beside the model (cnnzoo serve's decoders): ONNX Runtime's
+            threads then do not spin between operators (see onnx_session). Off, the fastest for a runtime alone.
 
     Raises:
         UserError: a missing file, an unknown file type, a backend that cannot run this kind of file or is not
@@ -434,5 +444,5 @@ def open_runtime(
     if backend == "torch":
         return TorchRuntime(path, precision, trust_torchscript=trust_torchscript)
     if backend == "onnxruntime":
-        return OnnxRuntime(path, threads, precision)
+        return OnnxRuntime(path, threads, precision, shares_cpu)
     return OpenVINORuntime(path, threads, precision)

@@ -49,7 +49,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cnnzoo.errors import UserError
 from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, UnsupportedFormat, open_image, preprocess
@@ -319,7 +318,7 @@ class _Service:
                 from cnnzoo.runtime import open_runtime
 
                 self.runtime = open_runtime(self.model, self.backend, precision=self.precision,
-                                            trust_torchscript=self.trust_torchscript)
+                                            trust_torchscript=self.trust_torchscript, shares_cpu=True)
             else:
                 self.runtime = self.model
             rt = self.runtime
@@ -662,7 +661,8 @@ def serve(
     try:  # before binding, and before the start-up lines: a model it cannot serve is the one line printed
         from cnnzoo.runtime import open_runtime
 
-        runtime = open_runtime(model, backend, precision=precision, trust_torchscript=trust_torchscript)
+        runtime = open_runtime(model, backend, precision=precision, trust_torchscript=trust_torchscript,
+                               shares_cpu=True)  # with the decode pool
         _warm_up(runtime)
     except UserError as err:
         raise UserError(f"cannot serve {model}: {err}") from None
@@ -682,8 +682,8 @@ def serve(
         raise UserError(f"cannot serve {model}: {service.failed}")
 
 
-class _HeadTimeoutProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, closing a connection that has not sent a complete request head within
+class _HeadTimeout:
+    """Mixed into uvicorn's HTTP/1.1 protocol: close a connection that has not sent a complete request head within
     ``timeout_keep_alive`` of connecting or of its last answer. uvicorn itself arms that timer only after an answer
     and cancels it on any byte received: a client that connects and sends nothing, or half a request head
     (slowloris), would hold its connection forever. While a request is being served its deadline governs."""
@@ -713,10 +713,25 @@ class _HeadTimeoutProtocol(H11Protocol):
             self.timeout_keep_alive_handler()
 
 
+def _head_timeout_protocol():
+    """uvicorn's protocol on httptools (its C parser; `pip install cnnzoo[serve]`) when importable, else on h11
+    (pure Python): the parser is a fixed cost of every request, on the cores the decoders and inference need."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return type("HeadTimeoutHttpTools", (_HeadTimeout, HttpToolsProtocol), {})
+    except ImportError:
+        pass
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return type("HeadTimeoutH11", (_HeadTimeout, H11Protocol), {})
+
+
 def server_config(app, host: str, port: int, limits: Limits, log_level: str = "info"):
     """The uvicorn configuration `serve` runs ``app`` with (idle and half-open connections closed after
     ``limits.idle_timeout_s``); tests run live servers with it too."""
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
-                          http=_HeadTimeoutProtocol, timeout_keep_alive=limits.idle_timeout_s)
+                          http=_head_timeout_protocol(), timeout_keep_alive=limits.idle_timeout_s)
