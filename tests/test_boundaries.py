@@ -16,7 +16,7 @@ from cnnzoo.cli import main
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cnnzoo"
 CORE = {"errors", "choices", "units", "options", "artifact", "registry", "layers", "models", "summary", "images",
-        "checkpoint", "catalog", "published", "plots"}
+        "checkpoint", "catalog", "published", "plots", "layouts"}
 TRAINING = {"data", "augment", "train", "transfer", "distributed", "evaluation", "baseline"}
 INFERENCE = {"runtime", "precision", "ensemble", "prediction", "explanation", "exporting", "serving", "compare",
              "visualize"}

@@ -3,6 +3,7 @@ branches, the paper-exact GoogLeNet, timm's names for Inception-v4 / Inception-R
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from cnnzoo.errors import UserError
@@ -23,7 +24,7 @@ GOLDEN = {
     ("inception_resnet_v2", None): 55_843_464,  # timm
 }
 NAMES = sorted({name for name, _ in GOLDEN})
-AUX_OUTPUTS = {"googlenet": 3, "inception_v1": 3, "inception_v3": 2}  # (logits, aux1, aux2) / (logits, aux)
+AUX_OUTPUTS = {"googlenet": 3, "inception_v1": 3, "inception_v3": 2}  # (logits, aux2, aux1) / (logits, aux)
 
 # small_input=True at 32x32: (first module after the stem, its output H=W, final feature map H=W).
 SMALL = {
@@ -187,3 +188,18 @@ def test_torchscript_eval(name):
         torch.testing.assert_close(scripted(x), y)
     # A freshly built network's eval-mode logits neither vanish nor explode (torchvision's init does both).
     assert 1e-2 < y.abs().max() < 1e2
+
+
+def test_googlenet_training_outputs_in_torchvisions_order():
+    """torchvision's GoogLeNet returns (logits, aux_logits2, aux_logits1) in training mode; with its weights ours
+    returns the same three tensors in the same order (dropout off so that both are deterministic)."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.googlenet(aux_logits=True, init_weights=True, dropout=0.0, dropout_aux=0.0)
+    ours = create_model("googlenet", dropout=0.0, dropout_aux=0.0)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    expected, got = theirs.train()(x), ours.train()(x)
+    assert got._fields == ("logits", "aux_logits2", "aux_logits1")
+    for mine, tv in zip(got, expected):
+        torch.testing.assert_close(mine, tv, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got.aux_logits1, got.aux_logits2)

@@ -176,7 +176,7 @@ def test_class_count_mismatch_replaces_the_classifier(torchvision_resnet18):
 
 def test_other_mismatches_name_the_first_differing_keys(torchvision_resnet18, tmp_path):
     _, folder = torchvision_resnet18
-    with pytest.raises(UserError, match=r"shapes differ at conv1.weight \(64, 1, 7, 7\) vs file conv1.weight \(64, 3"):
+    with pytest.raises(UserError, match=r"shapes differ at conv1.weight \(64, 1, 7, 7\) vs file \(64, 3, 7, 7\)"):
         load_pretrained(create_model("resnet18", in_chans=1), folder / "plain.pth")
     with pytest.raises(UserError, match=r"missing layer1.2.conv1.weight \(64, 64, 3, 3\)"):
         load_pretrained(create_model("resnet34"), folder / "plain.pth")
@@ -187,19 +187,16 @@ def test_other_mismatches_name_the_first_differing_keys(torchvision_resnet18, tm
         load_pretrained(create_model("resnet18"), tmp_path / "pickled.pth")
 
 
-def test_other_names_same_shapes_map_by_order(torchvision_resnet18, tmp_path):
+def test_other_names_same_shapes_are_refused(torchvision_resnet18, tmp_path):
+    """The same tensors in the same order under unknown names are not enough to load: files of other architectures
+    hold the same shapes in the same order (tests/test_layouts.py has the real cases from timm)."""
     theirs, _ = torchvision_resnet18
     renamed = {k.replace("layer", "stage").replace("downsample", "shortcut"): v for k, v in theirs.state_dict().items()}
     torch.save(renamed, tmp_path / "renamed.pth")
-    ours = create_model("resnet18")
-    report = load_pretrained(ours, tmp_path / "renamed.pth")
-    assert report.mapped_by_order and "mapped by order" in str(report)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.inference_mode():
-        torch.testing.assert_close(ours.eval()(x), theirs(x), rtol=1e-5, atol=1e-5)
     save_file(renamed, tmp_path / "renamed.safetensors")
-    with pytest.raises(UserError, match="safetensors keeps no order"):
-        load_pretrained(create_model("resnet18"), tmp_path / "renamed.safetensors")
+    for name in ("renamed.pth", "renamed.safetensors"):
+        with pytest.raises(UserError, match=r"does not fit this model: missing layer1.0.conv1.weight"):
+            load_pretrained(create_model("resnet18"), tmp_path / name)
 
 
 @pytest.mark.parametrize("file_aux", [True, False], ids=["file-with-aux", "file-without-aux"])

@@ -211,7 +211,7 @@ class InvertedResidual(nn.Module):
             out = self.drop_path(out) + x
         return out
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def rename_state_keys(self, state_dict: dict, prefix: str) -> None:
         # torchvision's MobileNetV2 names this Sequential `conv` and flattens the projection's conv and BN into it
         # (conv.{p}, conv.{p+1}); rename those keys to our layout (block.{p}.0, block.{p}.1) so its weights load.
         proj = len(self.block) - 1
@@ -220,6 +220,9 @@ class InvertedResidual(nn.Module):
             i = int(index)
             new = f"block.{i}.{rest}" if i < proj else f"block.{proj}.{i - proj}.{rest}"
             state_dict[prefix + new] = state_dict.pop(key)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.rename_state_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

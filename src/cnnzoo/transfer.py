@@ -4,8 +4,10 @@
 ``torch.load(weights_only=True)``, ``.safetensors`` through safetensors), so nothing but tensors is ever unpickled.
 It strips the ``module.`` prefix of DistributedDataParallel (and ``_orig_mod.`` of torch.compile), initialises or
 drops auxiliary heads (GoogLeNet's ``aux1``/``aux2``, Inception-v3's ``AuxLogits``) that only one side has, leaves
-the classifier freshly initialised when the file has another number of classes, and maps tensors by order when the
-names differ but the ordered shapes agree (the one converter, used e.g. for files from other code bases).
+the classifier freshly initialised when the file has another number of classes. A file in another code base's
+layout (timm's VGG, ConvNeXt, RegNet, ResNetV2, EfficientNet builder) goes through its named converter in
+``cnnzoo.layouts``, and only into the networks that layout describes exactly; tensors are never matched by order
+alone (two architectures can hold the same shapes in the same order).
 
 ``apply_finetune`` freezes by the model contract alone (``model.stages()``, ``model.get_classifier()``):
 
@@ -31,6 +33,7 @@ from torch import nn
 from cnnzoo.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from cnnzoo.checkpoint import read_weights
 from cnnzoo.errors import UserError
+from cnnzoo.layouts import ACCEPTS, accepts, convert, recognise, refusal
 from cnnzoo.models.base import ZooModel
 
 __all__ = ["LoadReport", "load_pretrained", "apply_finetune", "freeze_norm_stats"]
@@ -50,7 +53,7 @@ class LoadReport:
     source: str  # "cnnzoo checkpoint", "state_dict" or "safetensors"
     loaded: int  # tensors copied into the model
     stripped_prefix: str = ""
-    mapped_by_order: bool = False
+    layout: str = ""  # the foreign layout the file was converted from
     file_classes: int | None = None  # classes of the file's classifier
     num_classes: int | None = None  # classes of the model's classifier after loading
     classifier_replaced: bool = False
@@ -62,8 +65,8 @@ class LoadReport:
         parts = [f"loaded {self.loaded} tensors from {self.path} ({self.source})"]
         if self.stripped_prefix:
             parts.append(f"stripped prefix {self.stripped_prefix!r}")
-        if self.mapped_by_order:
-            parts.append("names differ: mapped by order (shapes match exactly)")
+        if self.layout:
+            parts.append(f"converted from the {self.layout} layout")
         if self.appended_fc is not None:
             parts.append(f"rebuilt the appended classifier ({self.appended_fc} classes)")
         if self.classifier_replaced:
@@ -136,35 +139,55 @@ def _class_heads(model: nn.Module) -> dict[str, nn.Linear]:
     }
 
 
-def _match(model: nn.Module, ours: dict, theirs: dict, path: Path, ordered: bool) -> tuple[list, bool]:
-    """Pair every model key with a file key: by name, else by order when the ordered shapes agree. Shapes may
-    differ only in the class count of the classifier and auxiliary classifiers; any other difference is an error."""
+def _match(model: nn.Module, ours: dict, theirs: dict, path: Path) -> list[tuple[str, str]]:
+    """Pair every model key with the file key of the same name. Shapes may differ only in the class count of the
+    classifier and auxiliary classifiers; any other difference is an error naming the first differing keys."""
     heads = _class_heads(model)
     own = [k for k in ours if not _is_counter(k)]
     other = [k for k in theirs if not _is_counter(k)]
-    by_order = set(own) != set(other)
-    if not by_order:
-        pairs = [(k, k) for k in own] + [(k, k) for k in ours if _is_counter(k) and k in theirs]
-    elif ordered and len(own) == len(other) and all(ours[a].shape == theirs[b].shape or a in heads
-                                                    for a, b in zip(own, other)):
-        pairs = list(zip(own, other))  # the converter: same architecture, other names (parity-test rule)
-    else:
+    if set(own) != set(other):
         missing = ", ".join([f"{k} {tuple(ours[k].shape)}" for k in own if k not in theirs][:SHOW]) or "nothing"
         unexpected = ", ".join([f"{k} {tuple(theirs[k].shape)}" for k in other if k not in ours][:SHOW]) or "nothing"
-        raise UserError(
-            f"{path} does not fit this model: missing {missing}; unexpected {unexpected}"
-            f" ({len(own)} tensors in the model, {len(other)} in the file"
-            + (", not the same shapes in order)" if ordered else "; safetensors keeps no order, so names must match)")
-        )
-    bad = [
-        (a, b)
-        for a, b in pairs
-        if ours[a].shape != theirs[b].shape and (a not in heads or ours[a].shape[1:] != theirs[b].shape[1:])
-    ]
+        raise UserError(f"{path} does not fit this model: missing {missing}; unexpected {unexpected}"
+                        f" ({len(own)} tensors in the model, {len(other)} in the file)")
+    pairs = [(k, k) for k in own] + [(k, k) for k in ours if _is_counter(k) and k in theirs]
+    bad = [k for k, _ in pairs
+           if ours[k].shape != theirs[k].shape and (k not in heads or ours[k].shape[1:] != theirs[k].shape[1:])]
     if bad:
-        diff = ", ".join(f"{a} {tuple(ours[a].shape)} vs file {b} {tuple(theirs[b].shape)}" for a, b in bad[:SHOW])
+        diff = ", ".join(f"{k} {tuple(ours[k].shape)} vs file {tuple(theirs[k].shape)}" for k in bad[:SHOW])
         raise UserError(f"{path} does not fit this model: shapes differ at {diff}")
-    return pairs, by_order
+    return pairs
+
+
+def _own_renames(model: nn.Module, theirs: dict) -> dict:
+    """The file's keys after the renames the model's modules apply on load (torchvision's older key names)."""
+    state = dict(theirs)
+    for name, module in model.named_modules():
+        if rename := getattr(module, "rename_state_keys", None):
+            rename(state, f"{name}." if name else "")
+    return state
+
+
+def _from_layout(model: nn.Module, theirs: dict, path: Path) -> tuple[dict, str]:
+    """The file's tensors under the model's names when they are written in a known foreign layout that describes
+    this network; the tensors unchanged when they are not in a known layout (the name check then reports)."""
+    own = {k for k in model.state_dict() if not _is_counter(k)}
+    if own <= set(theirs):
+        return theirs, ""
+    layout = recognise(theirs)
+    if layout is None:
+        return theirs, ""
+    name = getattr(model, "cnnzoo_spec", {}).get("model_name", type(model).__name__)
+    if why := refusal(layout, name, str(path)):
+        raise UserError(f"{path} is a {layout.name} file that cannot load into {name}: {why}")
+    if layout.convert is None or not accepts(layout, name):
+        family = layout.name.split(" (")[0]
+        known = ACCEPTS.get(family)
+        raise UserError(f"{path} is a {layout.name} file; cnnzoo converts it for "
+                        + (f"the networks matching {known!r}" if known else "no network") + f", not {name}")
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    bn_eps = {name: m.eps for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return convert(layout, theirs, shapes, bn_eps), layout.name
 
 
 def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | None = None) -> LoadReport:
@@ -184,7 +207,8 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
     path = Path(path)
     theirs, kind, payload = _read_tensors(path)
     theirs, stripped = _strip_prefixes(theirs)
-    report = LoadReport(str(path), kind, 0, stripped_prefix=stripped)
+    theirs, layout = _from_layout(model, _own_renames(model, theirs), path)
+    report = LoadReport(str(path), kind, 0, stripped_prefix=stripped, layout=layout)
     # A cnnzoo checkpoint's card (version 2), or the flat appended_fc of version 1.
     appended = (payload.get("card") or {}).get("appended_classes", payload.get("appended_fc"))
     if appended is not None and model.appended_classes is None:
@@ -201,16 +225,16 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
         report.aux_dropped = file_aux
     report.aux_initialised = model_aux if not file_aux else []
 
-    def match() -> tuple[dict, list[tuple[str, str]], bool]:
+    def match() -> tuple[dict, list[tuple[str, str]]]:
         ours = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in report.aux_initialised}
-        return ours, *_match(model, ours, theirs, path, ordered=kind != "safetensors")
+        return ours, _match(model, ours, theirs, path)
 
     clf_key = f"{model.classifier_path}.weight"
-    ours, pairs, report.mapped_by_order = match()
+    ours, pairs = match()
     report.file_classes = next((theirs[b].shape[0] for a, b in pairs if a == clf_key), None)
     if num_classes is None and report.file_classes not in (None, model.num_classes):
         model.reset_classifier(report.file_classes)  # keep the file's classifier: give the model its class count
-        ours, pairs, report.mapped_by_order = match()
+        ours, pairs = match()
     same = [(a, b) for a, b in pairs if ours[a].shape == theirs[b].shape]
     # strict=False only for what the checks above leave out on purpose: class heads of another class count,
     # auxiliary heads the file lacks, missing BN counters. Every other key was matched and shape-checked.

@@ -9,6 +9,9 @@
     stages()             -> the ordered (name, module) list that fine-tuning freezes from the front
     cam_layer            -> the module whose output is the feature map CAM-style explanations use
 
+A module whose weights other code bases save under other key names (torchvision's older or flatter layouts) defines
+``rename_state_keys(state_dict, prefix)``, called on load and by ``load_pretrained`` before it matches names.
+
 forward, forward_features and forward_head stay TorchScript-compatible: no get_submodule, no super() calls.
 """
 

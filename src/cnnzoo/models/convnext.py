@@ -82,10 +82,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.layer_scale(self.block(x)))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def rename_state_keys(self, state_dict: dict, prefix: str) -> None:
         # torchvision's CNBlock holds the scale as a bare parameter `layer_scale` (same C x 1 x 1 shape)
         if prefix + "layer_scale" in state_dict:
             state_dict[prefix + "layer_scale.gamma"] = state_dict.pop(prefix + "layer_scale")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.rename_state_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

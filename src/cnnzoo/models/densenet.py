@@ -234,13 +234,21 @@ class DenseNet(ZooModel):
         self.num_features, self.num_classes = channels, num_classes
         self.stage_names = tuple(stages)  # Table 1's rows: stem, then each dense block and transition
         self.apply(_init_weights)
-        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def rename_state_keys(self, state_dict: dict, prefix: str) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            if match := _LEGACY_KEY.match(key):
+                state_dict[match.group(1) + match.group(2)] = state_dict.pop(key)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.rename_state_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -260,11 +268,6 @@ _LEGACY_KEY = re.compile(
 )
 
 
-def _rename_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    for key in list(state_dict):
-        match = _LEGACY_KEY.match(key)
-        if match and key.startswith(prefix):
-            state_dict[match.group(1) + match.group(2)] = state_dict.pop(key)
 
 
 register = partial(register_model, "DenseNet", DENSENET_PAPER)

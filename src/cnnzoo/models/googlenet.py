@@ -20,7 +20,8 @@ Two registered networks:
 The auxiliary heads: torchvision's pool adaptively to 4x4 (4x4 windows on the 14x14 map); inception_v1's use
 the paper's 5x5/3 average pool, which also gives 4x4 there, followed by an adaptive 4x4 pool that is the
 identity at 224x224 and keeps the heads usable at other input sizes. In training mode with
-``aux_logits=True`` the forward returns ``(logits, aux1, aux2)``; in eval mode (and when scripted) only the
+``aux_logits=True`` the forward returns ``GoogLeNetOutputs(logits, aux_logits2, aux_logits1)``, torchvision's
+order (the deeper head first), so training code written for torchvision's GoogLeNet unpacks it unchanged; in eval mode (and when scripted) only the
 logits.
 
 ``small_input=True`` replaces the 7x7/2 stem convolution by a 3x3/1 one and drops the two stem max pools, so
@@ -161,6 +162,14 @@ class InceptionAux(nn.Module):
         return self.fc2(self.dropout(self.relu(self.fc1(x))))
 
 
+class GoogLeNetOutputs(NamedTuple):
+    """The training-mode outputs, in torchvision's order and under its names."""
+
+    logits: torch.Tensor
+    aux_logits2: torch.Tensor  # the head on inception (4d)
+    aux_logits1: torch.Tensor  # the head on inception (4a)
+
+
 class GoogLeNet(ZooModel):
     """GoogLeNet: torchvision's variant by default, the paper's network with ``paper_exact=True``.
 
@@ -251,16 +260,16 @@ class GoogLeNet(ZooModel):
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Training mode with aux heads returns (logits, aux1, aux2); TorchScript compiles only the logits path.
+        # Training mode with aux heads returns (logits, aux2, aux1); TorchScript compiles only the logits path.
         if not torch.jit.is_scripting():
             if self.training and self.aux_logits:
                 return self._forward_with_aux(x)
         return self.forward_head(self.forward_features(x))
 
     @torch.jit.unused
-    def _forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward_with_aux(self, x: torch.Tensor) -> GoogLeNetOutputs:
         x, (aux1, aux2) = self._trunk(x, True)
-        return self.forward_head(x), aux1, aux2
+        return GoogLeNetOutputs(self.forward_head(x), aux2, aux1)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final linear layer and, when present, the last linear layer of both auxiliary heads."""

@@ -437,10 +437,13 @@ class NASNet(ZooModel):
             if isinstance(m, ScheduledDropPath):
                 m.set_progress(progress)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def rename_state_keys(self, state_dict: dict, prefix: str) -> None:
         # timm's (Cadene's, TF-slim's) names put the cells at the top level: cell_stem_0.*, cell_0.*, ...
         for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".")[0] in self.cells]:
             state_dict[f"{prefix}cells.{key[len(prefix):]}"] = state_dict.pop(key)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.rename_state_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
