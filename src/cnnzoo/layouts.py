@@ -29,7 +29,7 @@ from math import prod
 
 import torch
 
-__all__ = ["Layout", "LAYOUTS", "recognise", "convert", "refusal"]
+__all__ = ["Layout", "LAYOUTS", "recognise", "refusal", "accepted", "accepting", "convert"]
 
 Tensors = dict[str, torch.Tensor]
 Shapes = dict[str, torch.Size]  # the model's keys in its module order, with their shapes
@@ -40,7 +40,6 @@ class Layout:
     name: str
     marker: re.Pattern  # a key that only files of this layout hold
     convert: Callable[[Tensors, Shapes], Tensors] | None  # None: recognised only to be refused
-    bn_eps: float = 1e-5  # the BatchNorm epsilon the layout's networks were trained with
 
 
 # --- renaming layouts: (pattern, replacement) applied to every key, first match wins; unmatched keys stay ---
@@ -163,14 +162,15 @@ LAYOUTS = (
     Layout("timm legacy SENet (the SE paper's release)", re.compile(r"^layer0\.conv1\.weight$"), None),
 )
 
-# cnnzoo networks each layout describes exactly (checked output for output against timm in tests/test_layouts.py).
-ACCEPTS = {
-    "timm VGG": r"vgg(11|13|16|19)(_bn)?",
-    "timm ConvNeXt": r"convnext_(tiny|small|base|large)",
-    "timm RegNet": r"regnet_[xy]_\w+",
-    "timm ResNetV2": r"preact_resnet(18|34|50)",
-    "timm EfficientNet builder": r"efficientnet_b[0-7]|mobilenet_v2|mobilenet_v3_(large|small)|mnasnet(0_5|0_75|1_0)",
-}
+# The cnnzoo networks each layout describes exactly (checked output for output against timm in tests/test_layouts.py),
+# with the BatchNorm epsilon of the networks that write such files.
+ACCEPTS = (
+    ("timm VGG", r"vgg(11|13|16|19)(_bn)?", 1e-5),
+    ("timm ConvNeXt", r"convnext_(tiny|small|base|large)", 1e-5),
+    ("timm RegNet", r"regnet_[xy]_\w+", 1e-5),
+    ("timm ResNetV2", r"preact_resnet(18|34|50)", 1e-5),
+    ("timm EfficientNet builder", r"efficientnet_b[0-7]|mobilenet_v2|mobilenet_v3_(large|small)|mnasnet(0_5|0_75|1_0)", 1e-5),
+)
 
 # timm's TensorFlow ports (tf_efficientnet_*, tf_mobilenetv3_*, ...) hold the same tensors as its own EfficientNet
 # builder networks but pad like TensorFlow ("SAME": more on the bottom/right). Nothing in the file tells them apart,
@@ -211,14 +211,20 @@ def _family(layout: Layout) -> str:
 def refusal(layout: Layout, model_name: str, path: str = "") -> str | None:
     """Why a file of ``layout`` must not load into ``model_name`` (None when it may, or when nothing is known)."""
     family = _family(layout)
-    if family == "timm EfficientNet builder" and TF_PORT.search(path):
+    if family == "timm EfficientNet builder" and TF_PORT.search(path) and not model_name.startswith("tf_"):
         return TF_PORT_REFUSAL
     return next((why for (fam, names), why in REFUSALS.items() if fam == family and re.fullmatch(names, model_name)), None)
 
 
-def accepts(layout: Layout, model_name: str) -> bool:
-    names = ACCEPTS.get(_family(layout))
-    return bool(names) and re.fullmatch(names, model_name) is not None
+def accepted(layout: Layout, model_name: str) -> float | None:
+    """The BatchNorm epsilon of ``layout``'s files when they load into ``model_name``; None when they do not."""
+    family = _family(layout)
+    return next((eps for fam, names, eps in ACCEPTS if fam == family and re.fullmatch(names, model_name)), None)
+
+
+def accepting(layout: Layout) -> str:
+    """The names a layout loads into, as one pattern for messages."""
+    return "|".join(names for fam, names, _ in ACCEPTS if fam == _family(layout))
 
 
 def _fit(tensor: torch.Tensor, shape: torch.Size | None) -> torch.Tensor:
@@ -233,13 +239,13 @@ def _fit(tensor: torch.Tensor, shape: torch.Size | None) -> torch.Tensor:
     return tensor
 
 
-def convert(layout: Layout, theirs: Tensors, ours: Shapes, bn_eps: dict[str, float]) -> Tensors:
+def convert(layout: Layout, theirs: Tensors, ours: Shapes, bn_eps: dict[str, float], file_eps: float) -> Tensors:
     """The file's tensors under cnnzoo's names and shapes. ``bn_eps`` maps each of the model's BatchNorm layers to
-    its epsilon: where it differs from the layout's, the running variance absorbs the difference, which is exact in
+    its epsilon: where it differs from the file's, the running variance absorbs the difference, which is exact in
     eval mode: (x - mean) / sqrt((var + eps_file - eps_ours) + eps_ours) is the file's own normalisation."""
     converted = {k: _fit(v, ours.get(k)) for k, v in layout.convert(theirs, ours).items()}
     for name, eps in bn_eps.items():
         key = f"{name}.running_var"
-        if key in converted and eps != layout.bn_eps:
-            converted[key] = converted[key] + (layout.bn_eps - eps)
+        if key in converted and eps != file_eps:
+            converted[key] = converted[key] + (file_eps - eps)
     return converted

@@ -33,7 +33,7 @@ from torch import nn
 from cnnzoo.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from cnnzoo.checkpoint import read_weights
 from cnnzoo.errors import UserError
-from cnnzoo.layouts import ACCEPTS, accepts, convert, recognise, refusal
+from cnnzoo.layouts import accepted, accepting, convert, recognise, refusal
 from cnnzoo.models.base import ZooModel
 
 __all__ = ["LoadReport", "load_pretrained", "apply_finetune", "freeze_norm_stats"]
@@ -180,14 +180,14 @@ def _from_layout(model: nn.Module, theirs: dict, path: Path) -> tuple[dict, str]
     name = getattr(model, "cnnzoo_spec", {}).get("model_name", type(model).__name__)
     if why := refusal(layout, name, str(path)):
         raise UserError(f"{path} is a {layout.name} file that cannot load into {name}: {why}")
-    if layout.convert is None or not accepts(layout, name):
-        family = layout.name.split(" (")[0]
-        known = ACCEPTS.get(family)
+    file_eps = accepted(layout, name)
+    if layout.convert is None or file_eps is None:
+        known = accepting(layout)
         raise UserError(f"{path} is a {layout.name} file; cnnzoo converts it for "
                         + (f"the networks matching {known!r}" if known else "no network") + f", not {name}")
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     bn_eps = {name: m.eps for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    return convert(layout, theirs, shapes, bn_eps), layout.name
+    return convert(layout, theirs, shapes, bn_eps, file_eps), layout.name
 
 
 def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | None = None) -> LoadReport:
