@@ -23,13 +23,16 @@ fastest configuration that passes the same gate.
 
 Then the service: `cnnzoo serve` of mobilenet_v2's auto export in a subprocess, concurrency 1 and 16 with a 224x224
 JPEG (a raw-socket HTTP/1.1 client, so the client's own cost stays small), requests/s, p50/p99 latency, and the
-ratio to the same runtime's own batch-16 throughput measured in this process.
+ratio to the same runtime's own batch-16 throughput measured in this process, interleaved with the service over
+rounds; with the server's CPU time per request and the runtime's CPU time per image, which bound what the service
+can reach on this machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import socket
@@ -358,7 +361,15 @@ async def load(port: int, body: bytes, concurrency: int, total: int) -> tuple[li
     return latencies, time.perf_counter() - t0
 
 
-def bench_service(model: Path, quick: bool, threads: int) -> list[dict]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def served(model: Path, threads: int):
+    """`cnnzoo serve MODEL` in a subprocess, once it is ready: (port, pid)."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "cnnzoo", "serve", str(model), "--port", str(port)],
@@ -369,37 +380,57 @@ def bench_service(model: Path, quick: bool, threads: int) -> list[dict]:
         if " ready on " in "".join(log) and any("Uvicorn running on" in x for x in log):
             break
     threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True).start()
-    body, results = jpeg_224(), []
     try:
-        for concurrency in (1, 16):
-            total = (100 if quick else 400) * (1 if concurrency == 1 else 4)
-            latencies, wall = asyncio.run(load(port, body, concurrency, total))
-            results.append({"concurrency": concurrency, "req_s": len(latencies) / wall,
-                            "p50_ms": 1e3 * float(np.percentile(latencies, 50)),
-                            "p99_ms": 1e3 * float(np.percentile(latencies, 99))})
+        if proc.poll() is not None:
+            raise RuntimeError("".join(log[-20:]))
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
-    if not results:
-        raise RuntimeError("".join(log[-20:]))
-    return results
+
+
+def runtime_alone(runtime, x: np.ndarray, calls: int) -> tuple[float, float]:
+    """The runtime's own images/s at batch len(x) (median call) and its CPU ms per image, in this process."""
+    cpu = time.process_time()
+    times = [_timed_once(lambda: runtime.logits(x)) for _ in range(calls)]
+    return len(x) / statistics.median(times), 1e3 * (time.process_time() - cpu) / (calls * len(x))
 
 
 def service_table(model: Path, quick: bool, threads: int) -> list[str]:
+    """The service at concurrency 1 and 16 and the runtime alone at batch 16, interleaved over rounds (a burst of
+    load from other processes then falls on both sides of the ratio), with the CPU time each needs per image."""
     from cnnzoo.images import open_image
     from cnnzoo.runtime import open_runtime
 
     runtime = open_runtime(model, threads=threads)
-    x = np.stack([runtime.preprocess(open_image(jpeg_224(), channels=3))] * 16)
+    body = jpeg_224()
+    x = np.stack([runtime.preprocess(open_image(body, channels=3))] * 16)
     runtime.logits(x)
-    own = 16 / statistics.median(_timed_once(lambda: runtime.logits(x)) for _ in range(10 if quick else 40))
-    service = bench_service(model, quick, threads)
+    rounds, total = (3, 100) if quick else (5, 200)
+    own, runs = [], {1: [], 16: []}
+    with served(model, threads) as (port, pid):
+        for _ in range(rounds):
+            own.append(runtime_alone(runtime, x, 10 if quick else 20))
+            for concurrency in runs:
+                cpu = cpu_seconds(pid)
+                latencies, wall = asyncio.run(load(port, body, concurrency, total * (1 if concurrency == 1 else 4)))
+                runs[concurrency].append((latencies, len(latencies) / wall,
+                                          1e3 * (cpu_seconds(pid) - cpu) / len(latencies)))
+    own_img_s = statistics.median(r for r, _ in own)
+    own_cpu = statistics.median(c for _, c in own)
     lines = [f"| service (mobilenet_v2 auto = {runtime.backend} {runtime.precision}, 224x224 JPEG) | requests/s | "
-             "p50 ms | p99 ms | / runtime batch-16 img/s |", "|---|---:|---:|---:|---:|"]
-    for r in service:
-        lines.append(f"| concurrency {r['concurrency']} | {r['req_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{r['req_s'] / own:.2f} |")
-    lines.append(f"runtime alone at batch 16: {own:.1f} img/s")
+             "p50 ms | p99 ms | / runtime batch-16 img/s | server CPU ms / request |", "|---|---:|---:|---:|---:|---:|"]
+    for concurrency, rows in runs.items():
+        latencies = [t for lat, _, _ in rows for t in lat]
+        req_s = statistics.median(r for _, r, _ in rows)
+        cpu_ms = statistics.median(c for _, _, c in rows)
+        lines.append(f"| concurrency {concurrency} | {req_s:.1f} | {1e3 * np.percentile(latencies, 50):.1f} | "
+                     f"{1e3 * np.percentile(latencies, 99):.1f} | {req_s / own_img_s:.2f} | {cpu_ms:.2f} |")
+    cores = len(os.sched_getaffinity(0))
+    lines.append(f"runtime alone at batch 16: {own_img_s:.1f} img/s, {own_cpu:.2f} ms CPU per image (medians of "
+                 f"{rounds} rounds interleaved with the service's); at {cpu_ms:.2f} ms CPU per request the service's "
+                 f"ceiling on {cores} cores is {1e3 * cores / cpu_ms:.0f} requests/s, "
+                 f"{1e3 * cores / cpu_ms / own_img_s:.2f} of the runtime alone (the client's CPU not counted)")
     return lines
 
 
