@@ -9,6 +9,9 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "ConvBNAct",
+    "Conv2dSame",
+    "same_padding",
+    "pad_like_tensorflow",
     "LocalResponseNorm",
     "SqueezeExcite",
     "DropPath",
@@ -90,6 +93,59 @@ class ConvBNAct(nn.Sequential):
             layers.append(ACTIVATIONS[act](inplace=True) if act not in ("sigmoid", "tanh") else ACTIVATIONS[act]())
         super().__init__(*layers)
         self.out_channels = out_channels
+
+
+def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> int:
+    """TensorFlow's "SAME" padding, in total, along one axis of ``size`` pixels: enough for ceil(size / stride)
+    outputs, never negative."""
+    out = (size + stride - 1) // stride
+    return max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+
+
+class Conv2dSame(nn.Conv2d):
+    """A convolution padded like TensorFlow's "SAME": the padding depends on the input size, and an odd pixel goes
+    after (bottom/right), where PyTorch's symmetric padding puts it on both sides. The models Google trained in
+    TensorFlow (EfficientNet's release, ported by timm as ``tf_efficientnet_*``) need it for their outputs. Its
+    parameters and state_dict are nn.Conv2d's (``padding`` stays 0), so weights load as for any convolution."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ):
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        pad_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def pad_like_tensorflow(module: nn.Module) -> None:
+    """Make every convolution in module pad like TensorFlow's "SAME". Where that is always symmetric (stride 1 and
+    an even (k-1)*d: k//2 on each side for odd kernels) the plain convolution stays, with the same padding; every
+    other one becomes a Conv2dSame sharing its parameters. Call it before loading weights or initialising."""
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Conv2d:
+            axes = zip(child.kernel_size, child.stride, child.dilation)
+            symmetric = all(s == 1 and (k - 1) * d % 2 == 0 for k, s, d in axes)
+            if symmetric:
+                child.padding = tuple((k - 1) * d // 2 for k, d in zip(child.kernel_size, child.dilation))
+            else:
+                same = Conv2dSame(
+                    child.in_channels, child.out_channels, child.kernel_size, child.stride, child.dilation,
+                    child.groups, child.bias is not None,
+                )
+                same.weight, same.bias = child.weight, child.bias
+                setattr(module, name, same)
+        else:
+            pad_like_tensorflow(child)
 
 
 class LocalResponseNorm(nn.LocalResponseNorm):

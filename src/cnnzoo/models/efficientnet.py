@@ -28,6 +28,14 @@ probability 0.8). Module names and BN settings follow torchvision so that its we
 B0-B4; TensorFlow's eps 1e-3 and momentum 0.01 for the TF-ported B5-B7; eps 1e-3 for V2 (the V2 reference code's
 eps, and torchvision's).
 
+TensorFlow ports: ``tf_efficientnet_b0``..``b7`` are B0-B7 as Google released them, trained in TensorFlow and ported
+by timm under the same names. They hold the same tensors as ``efficientnet_bN`` but differ in what a weight file
+cannot show: every convolution with stride 2 pads like TensorFlow's "SAME" (the total padding depends on the input
+size, and an odd pixel goes on the bottom/right, not on both sides; ``cnnzoo.layers.Conv2dSame``), and every
+BatchNorm has TensorFlow's eps 1e-3 (momentum 0.01) on all eight. Their default input sizes are the release's (timm's
+default configs): those of B0-B7. timm's ``tf_efficientnet_bN`` files load into them through the converter in
+``cnnzoo.layouts``.
+
 ``small_input=True`` makes the stem stride 1 for 32x32 images.
 """
 
@@ -41,7 +49,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import UserError
-from cnnzoo.layers import ConvBNAct, FusedMBConv, MBConv, make_divisible, set_batchnorm
+from cnnzoo.layers import ConvBNAct, FusedMBConv, MBConv, make_divisible, pad_like_tensorflow, set_batchnorm
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -153,6 +161,7 @@ class Variant(NamedTuple):
     resolution: int
     dropout: float
     batchnorm: tuple[float, float]  # eps, momentum (PyTorch's convention)
+    tf_padding: bool = False  # TensorFlow's "SAME" padding (the TensorFlow-trained release, timm's tf_ ports)
 
 
 PYTORCH_BN, TF_BN, V2_BN = (1e-5, 0.1), (1e-3, 0.01), (1e-3, 0.1)
@@ -192,6 +201,8 @@ VARIANTS: dict[str, Variant] = {
     "v2_m": Variant(24, V2_M_STAGES, 1280, 480, 0.3, V2_BN),
     "v2_l": Variant(32, V2_L_STAGES, 1280, 480, 0.4, V2_BN),
     **{f"v2_{name}": _v2_base(name) for name in V2_SCALING},
+    # Google's TensorFlow release of B0-B7 (timm's tf_efficientnet_bN): TF's padding and BN settings on all eight.
+    **{f"tf_{name}": _v1(name)._replace(batchnorm=TF_BN, tf_padding=True) for name in SCALING},
 }
 
 
@@ -236,6 +247,8 @@ class EfficientNet(ZooModel):
             channels, index = s.channels, index + s.layers
         features.append(ConvBNAct(channels, v.head, 1, act="silu"))
         self.features = nn.Sequential(*features)
+        if v.tf_padding:
+            pad_like_tensorflow(self.features)
         self.classifier = nn.Sequential(
             nn.Dropout(v.dropout if dropout is None else dropout), nn.Linear(v.head, num_classes)
         )
@@ -361,3 +374,51 @@ def efficientnet_v2_b2(**kwargs) -> EfficientNet:
 def efficientnet_v2_b3(**kwargs) -> EfficientNet:
     """EfficientNetV2-B3 (baseline x width 1.2, depth 1.4), 300x300."""
     return EfficientNet("v2_b3", **kwargs)
+
+
+@register("tf_b0")
+def tf_efficientnet_b0(**kwargs) -> EfficientNet:
+    """EfficientNet-B0, 224x224, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b0", **kwargs)
+
+
+@register("tf_b1")
+def tf_efficientnet_b1(**kwargs) -> EfficientNet:
+    """EfficientNet-B1, 240x240, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b1", **kwargs)
+
+
+@register("tf_b2")
+def tf_efficientnet_b2(**kwargs) -> EfficientNet:
+    """EfficientNet-B2, 260x260, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b2", **kwargs)
+
+
+@register("tf_b3")
+def tf_efficientnet_b3(**kwargs) -> EfficientNet:
+    """EfficientNet-B3, 300x300, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b3", **kwargs)
+
+
+@register("tf_b4")
+def tf_efficientnet_b4(**kwargs) -> EfficientNet:
+    """EfficientNet-B4, 380x380, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b4", **kwargs)
+
+
+@register("tf_b5")
+def tf_efficientnet_b5(**kwargs) -> EfficientNet:
+    """EfficientNet-B5, 456x456, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b5", **kwargs)
+
+
+@register("tf_b6")
+def tf_efficientnet_b6(**kwargs) -> EfficientNet:
+    """EfficientNet-B6, 528x528, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b6", **kwargs)
+
+
+@register("tf_b7")
+def tf_efficientnet_b7(**kwargs) -> EfficientNet:
+    """EfficientNet-B7, 600x600, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
+    return EfficientNet("tf_b7", **kwargs)
