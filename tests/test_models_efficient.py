@@ -198,3 +198,21 @@ def test_small_input_and_torchscript(name):
     scripted = torch.jit.script(model)
     with torch.inference_mode():
         torch.testing.assert_close(scripted(x), out)
+
+
+@pytest.mark.parametrize("variant", range(8))
+def test_tf_efficientnet_counts_timms_parameters(variant):
+    """Google's TensorFlow release as timm ports it: the same tensors as timm's tf_efficientnet_bN, at 1000 classes."""
+    timm = pytest.importorskip("timm")
+    name = f"tf_efficientnet_b{variant}"
+    with torch.device("meta"):
+        theirs = timm.create_model(name, pretrained=False)
+        ours = create_model(name)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    # What the tensors cannot show, against timm's modules: TensorFlow's BN eps, and "SAME" padding on the stride-2
+    # convolutions (timm: Conv2dSame where the padding depends on the input size, symmetric elsewhere).
+    assert {m.eps for m in ours.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-3}
+    assert {m.eps for m in theirs.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-3}
+    same = [m for m in ours.modules() if type(m).__name__ == "Conv2dSame"]
+    assert len(same) == sum(type(m).__name__ == "Conv2dSame" for m in theirs.modules()) == 5
+    assert model_info(name).input_size == (3, *theirs.pretrained_cfg["input_size"][1:])
