@@ -9,7 +9,7 @@
         this machine, each reduced precision gated on validation images (cnnzoo.precision), the fastest that
         passes written with its deploy record; int8 is ONNX Runtime's QDQ in an .onnx, NNCF's in an IR
         quantize="int8" (ONNX only, the older spelling): ONNX Runtime's QDQ, refused when validation top-1 drops
-        by more than max_drop points.
+        by more than max_drop points; written with the int8 card and deploy record precision="int8" writes.
 
 Every export is compared with the PyTorch model on random inputs (two batch sizes when the batch axis is
 dynamic) and written atomically: a file that fails its check is never left behind.
@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,8 @@ from cnnzoo.artifact import ModelCard, photo_spec, resolve_input_size
 from cnnzoo.choices import EXPORT_FORMATS, TORCHSCRIPT_METHODS
 from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.errors import UserError
-from cnnzoo.images import open_image, preprocess
 from cnnzoo.precision import (DEFAULT_BATCH, Candidate, Deployment, Gate, GateImages, candidates_for,
-                              check_precision, choose, int8_card, labelled_images, load_gate_images, run_trials,
-                              trials_table)
+                              check_precision, choose, int8_card, load_gate_images, run_trials, trials_table)
 from cnnzoo.registry import check_input_size
 from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime
 
@@ -325,20 +324,6 @@ def _export_openvino(model, out, card, opset, dynamic_batch, inputs, ref) -> flo
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _batches(items, card: ModelCard, batch: int = 32):
-    for start in range(0, len(items), batch):
-        chunk = items[start : start + batch]
-        arrays = [preprocess(open_image(p, channels=card.input.channels), card.input) for p, _ in chunk]
-        yield np.stack(arrays), np.array([label for _, label in chunk])
-
-
-def _top1(session, items, card: ModelCard) -> float:
-    correct = 0
-    for x, y in _batches(items, card):
-        correct += int((session.run(None, {"input": x})[0].argmax(1) == y).sum())
-    return 100.0 * correct / len(items)
-
-
 def _qdq(fp32: Path, out: Path, card: ModelCard, samples) -> None:
     """ONNX Runtime's post-training static quantisation of an .onnx, calibrated (min-max) on ``samples`` (1 x C x H x
     W float32 arrays, preprocessed), with ``card`` as its metadata."""
@@ -382,25 +367,35 @@ def _nncf(float_model: Path, out: Path, card: ModelCard, samples) -> None:
     ov.save_model(quantized, str(out), compress_to_fp16=False)
 
 
-# How each file kind is quantised (float file, out, card, 1 x C x H x W calibration samples). The older --quantize
-# path writes its card unmarked (runtimes read such a file as fp32, which it is not: export it with --precision).
+# How each file kind is quantised (float file, out, card, 1 x C x H x W calibration samples).
 QUANTISERS = {"onnx": _qdq, "openvino": _nncf}
 
 
 def _quantize_int8(fp32: Path, out: Path, card: ModelCard, calib_data, val_data, calib_images: int,
                    max_drop: float, report: ExportReport) -> None:
+    """The older --quantize int8: ONNX Runtime's QDQ of the checked float file, judged on the whole validation
+    split by its top-1 drop alone, then written with the same int8 card and deploy record as --precision int8 (so
+    predict and serve report int8)."""
     if calib_data is None or val_data is None:
         raise UserError("--quantize int8 needs calibration images (--calib-data) and a validation split (--val-data)")
-    calib = labelled_images(calib_data, list(card.classes), calib_images)
-    val = labelled_images(val_data, list(card.classes), None)
-    _qdq(fp32, out, card, (x for x, _ in _batches(calib, card, batch=1)))
-    report.top1_fp32, report.top1_int8 = _top1(onnx_session(fp32), val, card), _top1(onnx_session(out), val, card)
-    drop = report.top1_fp32 - report.top1_int8
-    report.notes.append(f"int8 calibrated on {len(calib)} training images; validation top-1 on {len(val)} images: "
-                        f"fp32 {report.top1_fp32:.2f}%, int8 {report.top1_int8:.2f}% (drop {drop:+.2f} points)")
-    if drop > max_drop:
+    images = load_gate_images(calib_data, val_data, card, calib_images, val_images=None)
+    _qdq(fp32, out, int8_card(card), images.calibration[:, None])
+    gate, threads = Gate(min_agreement=0.0, max_drop=max_drop), default_threads()  # this spelling's gate: drop only
+    openers = [(Candidate("onnxruntime", precision, "onnx"),
+                partial(open_runtime, path, "onnxruntime", threads=threads, precision=precision))
+               for path, precision in ((fp32, "fp32"), (out, "int8"))]
+    trials = run_trials(openers, images, gate, (1, DEFAULT_BATCH))
+    int8 = trials[1]
+    report.top1_fp32, report.top1_int8 = int8.top1_fp32, int8.top1
+    drop = int8.top1_fp32 - int8.top1
+    report.notes.append(f"int8 calibrated on {len(images.calibration)} training images; validation top-1 on "
+                        f"{len(images.labels)} images: fp32 {int8.top1_fp32:.2f}%, int8 {int8.top1:.2f}% "
+                        f"(drop {drop:+.2f} points)")
+    if not int8.passed:
         raise ExportError(f"int8 quantisation refused: validation top-1 drops {drop:.2f} points "
-                          f"({report.top1_fp32:.2f}% -> {report.top1_int8:.2f}%), more than --max-drop {max_drop:g}")
+                          f"({int8.top1_fp32:.2f}% -> {int8.top1:.2f}%), more than --max-drop {max_drop:g}")
+    report.deploy = Deployment.from_trials(int8, trials, gate, images.source, threads)
+    _with_card(out, "onnx", report.deploy.on(int8_card(card)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
