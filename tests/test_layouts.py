@@ -41,18 +41,38 @@ LOADS = [
     ("se_resnet18", "seresnet18", ""),
     pytest.param("senet154", "senet154", "", marks=slow),
     ("densenet121", "densenet121", ""),
+    ("legacy_se_resnet18", "legacy_seresnet18", "timm legacy SENet (the SE paper's release)"),
+    pytest.param("legacy_se_resnet50", "legacy_seresnet50", "timm legacy SENet (the SE paper's release)", marks=slow),
+    pytest.param("legacy_se_resnext50_32x4d", "legacy_seresnext50_32x4d", "timm legacy SENet (the SE paper's release)",
+                 marks=slow),
+    pytest.param("legacy_senet154", "legacy_senet154", "timm legacy SENet (the SE paper's release)", marks=slow),
 ]
 
 # (cnnzoo name, timm name, the file's name, what the refusal names)
 REFUSALS = [
-    ("se_resnet18", "legacy_seresnet18", "legacy_seresnet18", "stride in the first 1x1 convolution"),
-    pytest.param("se_resnet50", "legacy_seresnet50", "legacy_seresnet50", "ceil-mode stem pool", marks=slow),
+    ("se_resnet18", "legacy_seresnet18", "legacy_seresnet18", "load the file into cnnzoo's legacy_ network"),
+    pytest.param("se_resnet50", "legacy_seresnet50", "legacy_seresnet50", "pool the stem in ceil mode", marks=slow),
+    ("legacy_se_resnet18", "seresnet18", "seresnet18", "does not fit this model"),
     ("mobilenet_v1", "mobilenetv1_100", "mobilenetv1_100", "ReLU6"),
     ("efficientnet_b0", "tf_efficientnet_b0", "tf_efficientnet_b0.ns_jft_in1k", "pad like TensorFlow"),
     ("efficientnet_v2_b0", "tf_efficientnetv2_b0", "weights", "pad like TensorFlow"),
     ("mobilenet_v3_small", "mobilenetv2_100", "mobilenetv2_100", "does not fit this model"),
     ("resnet18", "resnetv2_18", "resnetv2_18", "converts it for the networks matching 'preact_resnet"),
 ]
+
+
+LEGACY = {"legacy_se_resnet18": "legacy_seresnet18", "legacy_se_resnet34": "legacy_seresnet34",
+          "legacy_se_resnet50": "legacy_seresnet50", "legacy_se_resnet101": "legacy_seresnet101",
+          "legacy_se_resnet152": "legacy_seresnet152", "legacy_se_resnext50_32x4d": "legacy_seresnext50_32x4d",
+          "legacy_se_resnext101_32x4d": "legacy_seresnext101_32x4d", "legacy_senet154": "legacy_senet154"}
+
+
+@pytest.mark.parametrize("ours", LEGACY)
+def test_legacy_se_networks_count_timms_parameters(ours):
+    with torch.device("meta"):
+        mine = sum(p.numel() for p in create_model(ours).parameters())
+        theirs = sum(p.numel() for p in timm.create_model(LEGACY[ours], pretrained=False).parameters())
+    assert mine == theirs
 
 
 def _random_statistics(model: nn.Module) -> nn.Module:

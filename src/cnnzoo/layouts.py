@@ -13,7 +13,8 @@ convolution than ``seresnet50``; ``tf_efficientnet_b0`` pads like TensorFlow). E
     timm EfficientNet ``conv_stem`` / ``blocks.s.b``: timm's one builder for EfficientNet, MobileNetV2/V3, MnasNet
                       and MobileNetV1; its module order is rebuilt from the names (so ``.safetensors`` files, which
                       keep no order, work too) and paired with ours
-    timm legacy SENet ``layer0``: the SE paper's released models; never the same network as cnnzoo's SE-ResNets
+    timm legacy SENet ``layer0`` / ``se_module`` / ``last_linear``: the SE paper's released models, which load
+                      into cnnzoo's legacy_se_* networks and never into its (timm-layout) SE-ResNets
 
 ``ACCEPTS`` says which cnnzoo networks each layout loads into, ``REFUSALS`` which networks a layout resembles but is
 not, with the difference named in the error. Converters return tensors under cnnzoo's names; the caller checks
@@ -109,6 +110,23 @@ TIMM_RESNETV2 = _renamer([
 ])
 
 
+# The SE paper's released models: the stem in `layer0` (one 7x7 convolution, or SENet-154's three 3x3 ones, the
+# last one's BatchNorm being ours `bn1`), `se_module` for `se`, `last_linear` for `fc`.
+_LEGACY_COMMON = [(r"\.se_module\.", ".se."), (r"^last_linear\.", "fc.")]
+_LEGACY_STEM = _renamer([(r"^layer0\.conv1\.", "conv1."), (r"^layer0\.bn1\.", "bn1."), *_LEGACY_COMMON])
+_LEGACY_DEEP_STEM = _renamer([
+    *[(rf"^layer0\.{theirs}\.", f"{ours}.") for theirs, ours in (
+        ("conv1", "conv1.0"), ("bn1", "conv1.1"), ("conv2", "conv1.3"), ("bn2", "conv1.4"), ("conv3", "conv1.6"),
+        ("bn3", "bn1"),
+    )],
+    *_LEGACY_COMMON,
+])
+
+
+def _timm_legacy_senet(theirs: Tensors, ours: Shapes) -> Tensors:
+    return (_LEGACY_DEEP_STEM if "conv1.0.weight" in ours else _LEGACY_STEM)(theirs, ours)
+
+
 # --- timm's EfficientNet builder: module order rebuilt from the names, then paired with ours ---
 
 BUILDER_TOP = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier")
@@ -159,7 +177,7 @@ LAYOUTS = (
     Layout("timm RegNet", re.compile(r"^s\d+\.b\d+\.conv1\.conv\.weight$"), TIMM_REGNET),
     Layout("timm ResNetV2 (pre-activation)", re.compile(r"^stages\.\d+\.blocks\.\d+\.norm1\."), TIMM_RESNETV2),
     Layout("timm EfficientNet builder", re.compile(r"^conv_stem\.weight$"), _timm_builder),
-    Layout("timm legacy SENet (the SE paper's release)", re.compile(r"^layer0\.conv1\.weight$"), None),
+    Layout("timm legacy SENet (the SE paper's release)", re.compile(r"^layer0\.conv1\.weight$"), _timm_legacy_senet),
 )
 
 # The cnnzoo networks each layout describes exactly (checked output for output against timm in tests/test_layouts.py),
@@ -169,6 +187,7 @@ ACCEPTS = (
     ("timm ConvNeXt", r"convnext_(tiny|small|base|large)", 1e-5),
     ("timm RegNet", r"regnet_[xy]_\w+", 1e-5),
     ("timm ResNetV2", r"preact_resnet(18|34|50)", 1e-5),
+    ("timm legacy SENet", r"legacy_se_resnet\d+|legacy_se_resnext\w+|legacy_senet154", 1e-5),
     ("timm EfficientNet builder", r"efficientnet_b[0-7]|mobilenet_v2|mobilenet_v3_(large|small)|mnasnet(0_5|0_75|1_0)", 1e-5),
 )
 
@@ -184,9 +203,10 @@ TF_PORT_REFUSAL = (
 # Networks a layout resembles (same shapes, often the same order) but is not: loading would change the outputs.
 REFUSALS = {
     ("timm legacy SENet", r"se_resnet\d+|se_resnext\w+|senet154"): (
-        "the SE paper's released models (timm's legacy_se*) put the stride in the first 1x1 convolution of each"
-        " downsampling block and use a ceil-mode stem pool; cnnzoo's SE networks are timm's seresnet*/seresnext*/"
-        "senet154 (stride in the 3x3, torchvision's stem): load a timm file of one of those"
+        "the SE paper's released models (timm's legacy_se*) put the stride of SE-ResNet's downsampling bottlenecks"
+        " in the first 1x1 convolution, pool the stem in ceil mode and round squeeze widths down; load the file into"
+        " cnnzoo's legacy_ network of the same depth (legacy_se_resnet50, legacy_se_resnext50_32x4d,"
+        " legacy_senet154, ...)"
     ),
     ("timm EfficientNet builder", r"mobilenet_v1\w*"): (
         "timm's mobilenetv1_* use ReLU6 where the paper (and cnnzoo's mobilenet_v1) uses ReLU"

@@ -85,6 +85,9 @@ SENET154 = {"groups": 64, "width_per_group": 4, "se": True, "stem": "deep", "sho
 
 SHORTCUTS = ("A", "B", "C")
 STEMS = ("7x7", "deep")
+# The 3x3/2 max pool after the stem: torchvision pads it by 1; Caffe's models (the SE paper's release) pool without
+# padding in ceil mode. Both give 56x56 from 112x112, but over windows shifted by one pixel.
+STEM_POOLS = {"pad": lambda: nn.MaxPool2d(3, 2, 1), "ceil": lambda: nn.MaxPool2d(3, 2, ceil_mode=True)}
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -95,9 +98,11 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
 
 
-def _se(channels: int, se: bool) -> nn.Module:
-    # reduction 16 (Hu et al. 2018, sec. 6.1); the squeeze width rounded to a multiple of 8 as in timm
-    return SqueezeExcite(channels, make_divisible(channels / 16, 8)) if se else nn.Identity()
+def _se(channels: int, se: bool, divisor: int = 8) -> nn.Module:
+    # reduction 16 (Hu et al. 2018, sec. 6.1); the squeeze width rounded to a multiple of 8 as in timm (the SE
+    # paper's released models round down to an integer: divisor 1)
+    return SqueezeExcite(channels, make_divisible(channels / 16, divisor) if divisor > 1 else channels // 16) \
+        if se else nn.Identity()
 
 
 class PadShortcut(nn.Module):
@@ -143,6 +148,8 @@ class BasicBlock(nn.Module):
 
     expansion = 1
     preact = False
+    se_divisor = 8  # squeeze widths rounded to multiples of 8 (timm's); 1 in the SE paper's release
+    relu_before_se = False
 
     def __init__(
         self,
@@ -165,13 +172,15 @@ class BasicBlock(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.se = _se(planes, se)
+        self.se = _se(planes, se, self.se_divisor)
         self.drop_path = DropPath(drop_path)
         self.downsample = downsample if downsample is not None else nn.Identity()
+        # timm's legacy SE-ResNet-18/34 activate the residual branch before squeeze-excitation
+        self.branch_act = nn.ReLU(inplace=True) if self.relu_before_se else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(self.dropout(out)))
+        out = self.branch_act(self.bn2(self.conv2(self.dropout(out))))
         out = self.drop_path(self.se(out)) + self.downsample(x)
         return self.relu(out)
 
@@ -181,6 +190,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
     preact = False
+    se_divisor = 8
     stride_in_1x1 = False  # v1.5, torchvision's: the stride sits on the 3x3
     reduce_fraction = 1.0  # output of the first 1x1 as a fraction of the 3x3's width
 
@@ -208,7 +218,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.se = _se(planes * self.expansion, se)
+        self.se = _se(planes * self.expansion, se, self.se_divisor)
         self.drop_path = DropPath(drop_path)
         self.downsample = downsample if downsample is not None else nn.Identity()
 
@@ -232,12 +242,29 @@ class SENetBottleneck(Bottleneck):
     reduce_fraction = 0.5
 
 
+# The SE paper's released (Caffe) models, as timm's legacy_se* ports keep them: SE-ResNet's downsampling
+# bottleneck strides on its first 1x1 (the v1 bottleneck), SE-ResNeXt's and SENet-154's on the 3x3; squeeze widths
+# channels // 16 without rounding. Their stem pool is ResNet's "ceil" pool (see STEM_POOLS).
+class LegacySEBasicBlock(BasicBlock):
+    se_divisor = 1
+    relu_before_se = True  # timm's own SE-ResNet-18/34 in this layout (the paper released no such depths)
+
+
+class LegacySEBottleneck(BottleneckV1):
+    se_divisor = 1
+
+
+class LegacySEResNeXtBottleneck(Bottleneck):
+    se_divisor = 1
+
+
 class PreActBlock(nn.Module):
     """Two 3x3 convolutions, pre-activation (He et al. 2016, Fig. 1b): BN-ReLU-conv, BN-ReLU-conv, add.
     With `dropout` it is the WRN block: dropout between the two convolutions (Zagoruyko & Komodakis, sec. 2.4)."""
 
     expansion = 1
     preact = True
+    se_divisor = 8
 
     def __init__(
         self,
@@ -260,7 +287,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.conv2 = conv3x3(planes, planes)
-        self.se = _se(planes, se)
+        self.se = _se(planes, se, self.se_divisor)
         self.drop_path = DropPath(drop_path)
         self.project = isinstance(downsample, Projection)
         self.downsample = downsample if downsample is not None else nn.Identity()
@@ -279,6 +306,7 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
     preact = True
+    se_divisor = 8
 
     def __init__(
         self,
@@ -302,7 +330,7 @@ class PreActBottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(width)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.conv3 = conv1x1(width, planes * self.expansion)
-        self.se = _se(planes * self.expansion, se)
+        self.se = _se(planes * self.expansion, se, self.se_divisor)
         self.drop_path = DropPath(drop_path)
         self.project = isinstance(downsample, Projection)
         self.downsample = downsample if downsample is not None else nn.Identity()
@@ -385,6 +413,7 @@ class ResNet(ZooModel):
         groups: cardinality C of the grouped 3x3 (ResNeXt).
         width_per_group: d, channels per group at the first stage; 128 gives wide_resnet50_2's 2x width.
         stem: "7x7" (7x7 stride-2 convolution) or "deep" (SENet-154's three 3x3 convolutions), then 3x3 max-pool.
+        stem_pool: "pad" (torchvision's) or "ceil" (Caffe's), see STEM_POOLS.
         shortcut: "A", "B" or "C" (He et al. 2015, sec. 3.3).
         shortcut_kernel: kernel size of the stride-2 projections (3 in SENet-154).
         se: squeeze-and-excitation on every residual branch.
@@ -404,6 +433,7 @@ class ResNet(ZooModel):
         groups: int = 1,
         width_per_group: int = 64,
         stem: str = "7x7",
+        stem_pool: str = "pad",
         shortcut: str = "B",
         shortcut_kernel: int = 1,
         se: bool = False,
@@ -420,7 +450,9 @@ class ResNet(ZooModel):
         # pre-activation: the first block's BN-ReLU follows conv1
         self.bn1 = nn.Identity() if block.preact else nn.BatchNorm2d(width)
         self.relu = nn.Identity() if block.preact else nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
+        if stem_pool not in STEM_POOLS:
+            raise UserError(f"stem_pool must be one of {', '.join(STEM_POOLS)}, not {stem_pool!r}")
+        self.maxpool = nn.Identity() if small_input else STEM_POOLS[stem_pool]()
         self.layer1, self.layer2, self.layer3, self.layer4 = make_stages(
             block, width, IMAGENET_PLANES, layers, strides=(1, 2, 2, 2), shortcut=shortcut,
             shortcut_kernel=shortcut_kernel, drop_path_rate=drop_path_rate,
@@ -706,3 +738,57 @@ def se_resnext50_32x4d(**kwargs) -> ResNet:
 def senet154(**kwargs) -> ResNet:
     """SENet-154: SE 64x4d ResNeXt-152 with halved 1x1s, a 3x3-conv stem, 3x3 projections, dropout 0.2."""
     return ResNet(SENetBottleneck, LAYERS[152], **{**SENET154, **kwargs})
+
+
+# The SE paper's released models (timm's legacy_se*; see LegacySEBottleneck): they load timm's legacy files.
+LEGACY = {"se": True, "stem_pool": "ceil"}
+
+
+@register_senet()
+def legacy_se_resnet18(**kwargs) -> ResNet:
+    """SE-ResNet-18 as timm's legacy_seresnet18: ceil-mode stem pool, squeeze widths channels // 16, a ReLU
+    before squeeze-excitation."""
+    return ResNet(LegacySEBasicBlock, LAYERS[18], **{**LEGACY, **kwargs})
+
+
+@register_senet()
+def legacy_se_resnet34(**kwargs) -> ResNet:
+    """SE-ResNet-34 as timm's legacy_seresnet34: ceil-mode stem pool, squeeze widths channels // 16, a ReLU
+    before squeeze-excitation."""
+    return ResNet(LegacySEBasicBlock, LAYERS[34], **{**LEGACY, **kwargs})
+
+
+@register_senet()
+def legacy_se_resnet50(**kwargs) -> ResNet:
+    """SE-ResNet-50 as the SE paper released it (timm's legacy_seresnet50): stride on the first 1x1, ceil pool."""
+    return ResNet(LegacySEBottleneck, LAYERS[50], **{**LEGACY, **kwargs})
+
+
+@register_senet()
+def legacy_se_resnet101(**kwargs) -> ResNet:
+    """SE-ResNet-101 as the SE paper released it (timm's legacy_seresnet101)."""
+    return ResNet(LegacySEBottleneck, LAYERS[101], **{**LEGACY, **kwargs})
+
+
+@register_senet()
+def legacy_se_resnet152(**kwargs) -> ResNet:
+    """SE-ResNet-152 as the SE paper released it (timm's legacy_seresnet152)."""
+    return ResNet(LegacySEBottleneck, LAYERS[152], **{**LEGACY, **kwargs})
+
+
+@register_senet()
+def legacy_se_resnext50_32x4d(**kwargs) -> ResNet:
+    """SE-ResNeXt-50 32x4d as the SE paper released it (timm's legacy_seresnext50_32x4d): ceil-mode stem pool."""
+    return ResNet(LegacySEResNeXtBottleneck, LAYERS[50], groups=32, width_per_group=4, **{**LEGACY, **kwargs})
+
+
+@register_senet()
+def legacy_se_resnext101_32x4d(**kwargs) -> ResNet:
+    """SE-ResNeXt-101 32x4d as the SE paper released it (timm's legacy_seresnext101_32x4d)."""
+    return ResNet(LegacySEResNeXtBottleneck, LAYERS[101], groups=32, width_per_group=4, **{**LEGACY, **kwargs})
+
+
+@register_senet()
+def legacy_senet154(**kwargs) -> ResNet:
+    """SENet-154 as the SE paper released it (timm's legacy_senet154): senet154 with a ceil-mode stem pool."""
+    return ResNet(SENetBottleneck, LAYERS[152], **{**SENET154, "stem_pool": "ceil", **kwargs})
