@@ -119,6 +119,12 @@ PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "se_resnet152": (78.66, 94.46, _SENET.format("SE-ResNet-152", "21.34", "5.54")),
     "se_resnext50_32x4d": (79.03, 94.46, _SENET.format("SE-ResNeXt-50 (32 x 4d)", "20.97", "5.54")),
     "senet154": (81.32, 95.53, _SENET.format("SENet-154", "18.68", "4.47")),
+    # The released models the paper measured, in their own layout (cnnzoo's legacy_ networks).
+    "legacy_se_resnet50": (77.63, 93.64, _SENET.format("SE-ResNet-50", "22.37", "6.36")),
+    "legacy_se_resnet101": (78.25, 94.28, _SENET.format("SE-ResNet-101", "21.75", "5.72")),
+    "legacy_se_resnet152": (78.66, 94.46, _SENET.format("SE-ResNet-152", "21.34", "5.54")),
+    "legacy_se_resnext50_32x4d": (79.03, 94.46, _SENET.format("SE-ResNeXt-50 (32 x 4d)", "20.97", "5.54")),
+    "legacy_senet154": (81.32, 95.53, _SENET.format("SENet-154", "18.68", "4.47")),
     "mobilenet_v1": (70.6, None, _MOBILENET.format("1.0")),
     "mobilenet_v1_075": (68.4, None, _MOBILENET.format("0.75")),
     "mobilenet_v1_050": (63.7, None, _MOBILENET.format("0.5")),
