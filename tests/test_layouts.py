@@ -46,6 +46,9 @@ LOADS = [
     pytest.param("legacy_se_resnext50_32x4d", "legacy_seresnext50_32x4d", "timm legacy SENet (the SE paper's release)",
                  marks=slow),
     pytest.param("legacy_senet154", "legacy_senet154", "timm legacy SENet (the SE paper's release)", marks=slow),
+    ("tf_efficientnet_b0", "tf_efficientnet_b0", "timm EfficientNet builder"),  # TensorFlow padding, eps 1e-3
+    pytest.param("tf_efficientnet_b3", "tf_efficientnet_b3", "timm EfficientNet builder", marks=slow),
+    pytest.param("tf_efficientnet_b7", "tf_efficientnet_b7", "timm EfficientNet builder", marks=slow),
 ]
 
 # (cnnzoo name, timm name, the file's name, what the refusal names)
@@ -138,3 +141,28 @@ def test_timm_file_of_another_architecture_is_refused(ours, timm_name, stem, rea
         with pytest.raises(UserError, match=reason):
             load_pretrained(model, path)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-loaded
+
+
+def test_tf_efficientnet_pads_like_timm_at_odd_and_even_sizes(tmp_path):
+    """TensorFlow's "SAME" padding depends on the input size: at 65 (2^k + 1) every stride-2 convolution happens to pad
+    symmetrically, at 64, 67 and 33x40 some pad nothing before and one pixel after. A timm tf_efficientnet_b0 file
+    (under its timm name) gives timm's outputs at all of them; the same tensors in the symmetrically padded
+    efficientnet_b0 (with timm's eps, so only the padding differs) only at 65."""
+    theirs, files = _timm_files("tf_efficientnet_b0", tmp_path)
+    theirs.double()
+    model = create_model("tf_efficientnet_b0", num_classes=10)
+    load_pretrained(model, files[0])
+    model.double().eval()
+    symmetric = create_model("efficientnet_b0", num_classes=10).double().eval()
+    symmetric.load_state_dict(model.state_dict())
+    for m in symmetric.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3
+    for size in ((65, 65), (64, 64), (67, 67), (33, 40)):
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        with torch.inference_mode():  # a random network's logits barely depend on x: the feature maps show it
+            expected, features = theirs(x), theirs.forward_features(x)
+            tol = {"rtol": 1e-5, "atol": 1e-5 * features.abs().max()}
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+            torch.testing.assert_close(model.forward_features(x), features, **tol)
+            assert torch.allclose(symmetric.forward_features(x), features, **tol) == (size == (65, 65)), size

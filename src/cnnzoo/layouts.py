@@ -189,6 +189,7 @@ ACCEPTS = (
     ("timm ResNetV2", r"preact_resnet(18|34|50)", 1e-5),
     ("timm legacy SENet", r"legacy_se_resnet\d+|legacy_se_resnext\w+|legacy_senet154", 1e-5),
     ("timm EfficientNet builder", r"efficientnet_b[0-7]|mobilenet_v2|mobilenet_v3_(large|small)|mnasnet(0_5|0_75|1_0)", 1e-5),
+    ("timm EfficientNet builder", r"tf_efficientnet_b[0-7]", 1e-3),
 )
 
 # timm's TensorFlow ports (tf_efficientnet_*, tf_mobilenetv3_*, ...) hold the same tensors as its own EfficientNet
