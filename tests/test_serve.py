@@ -416,3 +416,34 @@ def test_half_open_connections_closed_on_either_http_parser(files, monkeypatch, 
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.mark.parametrize("faster", ["openvino", "onnxruntime"])
+def test_plain_export_measured_on_first_serve(files, monkeypatch, faster):
+    """A float .onnx without a deploy record, served with backend and precision auto: ONNX Runtime and OpenVINO
+    fp32 are timed at start-up and the faster serves (the timing is replaced here, so the choice is known); an
+    explicit backend is served as asked, without measuring."""
+    import cnnzoo.precision as precision
+
+    timed = []
+
+    def measure_speed(runtime, batch_sizes, budget_s=None):
+        timed.append(runtime.backend)
+        return {b: 200.0 if runtime.backend == faster else 100.0 for b in batch_sizes}
+
+    monkeypatch.setattr(precision, "measure_speed", measure_speed)
+    want = expected(files, files["png"])
+    app = create_app(files["onnx"], max_batch=8)
+    with TestClient(app) as client:
+        assert app.state.service.ready.wait(60), app.state.service.failed
+        card = client.get("/v1/model").json()
+        assert (card["backend"], card["precision"]) == (faster, "fp32")
+        got = client.post("/v1/predict", content=files["png"]).json()["predictions"]
+        assert [p["class"] for p in got] == [c for c, _ in want]
+        np.testing.assert_allclose([p["probability"] for p in got], [p for _, p in want], atol=1e-4)
+    assert set(timed) == {"onnxruntime", "openvino"}
+    timed.clear()
+    app = create_app(files["onnx"], backend="onnxruntime", max_batch=8)
+    with TestClient(app):
+        assert app.state.service.ready.wait(60)
+    assert app.state.service.runtime.backend == "onnxruntime" and not timed

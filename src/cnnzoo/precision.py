@@ -40,7 +40,8 @@ from cnnzoo.images import fit_image, normalize, open_image, scan_image_folder
 
 __all__ = ["PRECISIONS", "PRECISION_CHOICES", "DEFAULT_BATCH", "Gate", "Verdict", "Candidate", "CANDIDATES",
            "candidates_for", "stored_precision", "int8_card", "Trial", "Deployment", "GateImages", "load_gate_images", "labelled_images",
-           "bf16_refusal", "check_precision", "measure_speed", "run_trials", "choose", "trials_table"]
+           "bf16_refusal", "check_precision", "measure_speed", "time_interleaved", "run_trials", "choose",
+           "trials_table"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -347,13 +348,22 @@ def run_trials(openers: Sequence[tuple[Candidate, Callable[[], object]]], images
                 trial.reason = verdict.reason and f"fails the gate: {verdict.reason}"
             if trial.passed:
                 timed.append((trial, runtime))
-    budget_s = (SPEED_BUDGET_S if budget_s is None else budget_s) / SPEED_ROUNDS
-    rounds = [[measure_speed(runtime, batch_sizes, budget_s) for _, runtime in timed] for _ in range(SPEED_ROUNDS)]
-    for i, (trial, _) in enumerate(timed):
-        trial.images_per_s = {b: statistics.median(speeds[i][b] for speeds in rounds) for b in batch_sizes}
+    for (trial, _), speeds in zip(timed, time_interleaved([runtime for _, runtime in timed], batch_sizes, budget_s)):
+        trial.images_per_s = speeds
     for trial in trials if log else ():
         log(trial_line(trial))
     return trials
+
+
+def time_interleaved(runtimes: Sequence[object], batch_sizes: Sequence[int], budget_s: float | None = None
+                     ) -> list[dict[int, float]]:
+    """Images/s of each runtime at each batch size, timed in turn SPEED_ROUNDS times over (``budget_s``, default
+    SPEED_BUDGET_S, split over the rounds): the median over the rounds, so a burst of load on a shared machine hits
+    one round of each runtime, not all of one."""
+    budget_s = (SPEED_BUDGET_S if budget_s is None else budget_s) / SPEED_ROUNDS
+    rounds = [[measure_speed(runtime, batch_sizes, budget_s) for runtime in runtimes] for _ in range(SPEED_ROUNDS)]
+    return [{b: statistics.median(speeds[i][b] for speeds in rounds) for b in batch_sizes}
+            for i in range(len(runtimes))]
 
 
 def choose(trials: Sequence[Trial], precision: str) -> Trial:

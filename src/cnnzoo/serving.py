@@ -315,10 +315,10 @@ class _Service:
         started = time.perf_counter()
         try:
             if isinstance(self.model, (str, os.PathLike)):
-                from cnnzoo.runtime import open_runtime
-
-                self.runtime = open_runtime(self.model, self.backend, precision=self.precision,
-                                            trust_torchscript=self.trust_torchscript, shares_cpu=True)
+                self.runtime, measured = _open_model(self.model, self.backend, self.precision,
+                                                     self.trust_torchscript, self.max_batch)
+                if measured:
+                    log.info("%s", measured)
             else:
                 self.runtime = self.model
             rt = self.runtime
@@ -386,6 +386,36 @@ class _Service:
         name, data = upload
         array = await loop.run_in_executor(self.decoder, self.decode, data, name)
         return await loop.run_in_executor(self.batcher.executor, self.explainer, array)
+
+
+def _open_model(model, backend: str, precision: str, trust_torchscript: bool, max_batch: int):
+    """The runtime the service runs ``model`` on, and what was measured to choose it (None when nothing was).
+
+    open_runtime with shares_cpu (the decode pool runs beside the model). A float .onnx without a deploy record
+    served with backend and precision auto is measured here, on first serve, as `export --precision auto` would
+    at export: ONNX Runtime and OpenVINO fp32 (the same arithmetic: no gate needed), timed interleaved at batch 1
+    and ``max_batch``; the faster serves. Reduced precisions are not tried: their gate needs labelled images, which
+    a service does not have (`cnnzoo export --precision auto --data DIR` measures them and records the choice)."""
+    from cnnzoo.precision import Deployment, Trial, stored_precision, time_interleaved, trials_table
+    from cnnzoo.runtime import open_runtime
+
+    opened = partial(open_runtime, model, trust_torchscript=trust_torchscript, shares_cpu=True)
+    runtime = opened(backend, precision=precision)
+    if (backend, precision, Path(model).suffix.lower()) != ("auto", "auto", ".onnx") or Deployment.of(runtime.card) \
+            or stored_precision(runtime.card) != "fp32":
+        return runtime, None
+    try:
+        runtimes = [runtime, opened("openvino" if runtime.backend == "onnxruntime" else "onnxruntime",
+                                    precision="fp32")]
+    except UserError:  # the other backend is not installed: nothing to choose from
+        return runtime, None
+    speeds = time_interleaved(runtimes, sorted({1, max_batch}))
+    trials = [Trial(rt.backend, "fp32", "onnx", s) for rt, s in zip(runtimes, speeds)]
+    chosen = max(trials, key=lambda t: t.score)
+    note = (f"{model} has no deploy record: fp32 measured on this machine, serving {chosen.backend} (reduced "
+            f"precisions need labelled images to pass their gate: cnnzoo export --precision auto --data DIR)\n"
+            + trials_table(trials, chosen))
+    return runtimes[trials.index(chosen)], note
 
 
 def _warm_up(runtime) -> None:
@@ -659,16 +689,15 @@ def serve(
         raise UserError(f"no such model file: {model}")
     limits = limits or Limits()
     try:  # before binding, and before the start-up lines: a model it cannot serve is the one line printed
-        from cnnzoo.runtime import open_runtime
-
-        runtime = open_runtime(model, backend, precision=precision, trust_torchscript=trust_torchscript,
-                               shares_cpu=True)  # with the decode pool
+        runtime, measured = _open_model(model, backend, precision, trust_torchscript, max_batch)
         _warm_up(runtime)
     except UserError as err:
         raise UserError(f"cannot serve {model}: {err}") from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("cnnzoo serve %s on http://%s:%d (backend %s, precision %s, max batch %d, token %s)", model, host, port,
              runtime.backend, runtime.precision, max_batch, "required" if token else "off")
+    if measured:
+        log.info("%s", measured)
     log.info("limits: %s", limits.describe())
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines%s", host, "" if token else " without a token")
