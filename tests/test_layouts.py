@@ -61,6 +61,7 @@ REFUSALS = [
     ("efficientnet_v2_b0", "tf_efficientnetv2_b0", "weights", "pad like TensorFlow"),
     ("mobilenet_v3_small", "mobilenetv2_100", "mobilenetv2_100", "does not fit this model"),
     ("resnet18", "resnetv2_18", "resnetv2_18", "converts it for the networks matching 'preact_resnet"),
+    ("tf_efficientnet_b0", "efficientnet_b0", "efficientnet_b0.ra_in1k", "not a TensorFlow port"),
 ]
 
 

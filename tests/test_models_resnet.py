@@ -62,6 +62,15 @@ GOLDEN = {
     "se_resnet152": 66_821_848,
     "se_resnext50_32x4d": 27_559_896,
     "senet154": 115_088_984,
+    # timm's legacy_se* (the SE paper's released layout)
+    "legacy_se_resnet18": 11_778_592,
+    "legacy_se_resnet34": 21_958_868,
+    "legacy_se_resnet50": 28_088_024,
+    "legacy_se_resnet101": 49_326_872,
+    "legacy_se_resnet152": 66_821_848,
+    "legacy_se_resnext50_32x4d": 27_559_896,
+    "legacy_se_resnext101_32x4d": 48_955_416,
+    "legacy_senet154": 115_088_984,
 }
 
 # Millions of parameters as the papers print them: He et al. 2015 Table 6 and sec. 4.2, He et al. 2016 Table 3,

@@ -196,6 +196,11 @@ ACCEPTS = (
 # builder networks but pad like TensorFlow ("SAME": more on the bottom/right). Nothing in the file tells them apart,
 # so the file's path, which names the timm architecture wherever timm or the Hugging Face hub saved it, is read.
 TF_PORT = re.compile(r"(?:^|[^a-z0-9])tf_(?:efficientnet|mobilenet|mixnet|mnasnet)", re.IGNORECASE)
+NOT_TF_PORT = re.compile(r"(?:^|[^a-z0-9_])(?:efficientnet|mobilenetv\d|mixnet|mnasnet)_", re.IGNORECASE)
+NOT_TF_PORT_REFUSAL = (
+    "its path names one of timm's own EfficientNet-builder networks (symmetric padding, BatchNorm eps 1e-5), not"
+    " a TensorFlow port (tf_*): load it into the cnnzoo network without the tf_ prefix"
+)
 TF_PORT_REFUSAL = (
     "its path names one of timm's TensorFlow ports (tf_*), which pad like TensorFlow ('SAME', more on the bottom and"
     " right); cnnzoo's networks pad symmetrically, so the outputs would differ"
@@ -232,8 +237,12 @@ def _family(layout: Layout) -> str:
 def refusal(layout: Layout, model_name: str, path: str = "") -> str | None:
     """Why a file of ``layout`` must not load into ``model_name`` (None when it may, or when nothing is known)."""
     family = _family(layout)
-    if family == "timm EfficientNet builder" and TF_PORT.search(path) and not model_name.startswith("tf_"):
-        return TF_PORT_REFUSAL
+    if family == "timm EfficientNet builder":
+        tf_path, tf_model = bool(TF_PORT.search(path)), model_name.startswith("tf_")
+        if tf_path and not tf_model:
+            return TF_PORT_REFUSAL
+        if tf_model and not tf_path and NOT_TF_PORT.search(path):
+            return NOT_TF_PORT_REFUSAL
     return next((why for (fam, names), why in REFUSALS.items() if fam == family and re.fullmatch(names, model_name)), None)
 
 
