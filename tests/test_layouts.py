@@ -17,6 +17,7 @@ from cnnzoo.errors import UserError
 from cnnzoo.registry import create_model
 from cnnzoo.transfer import load_pretrained
 from modelsizes import FULL
+from oracles import randomize_bn
 
 timm = pytest.importorskip("timm")
 slow = pytest.mark.skipif(not FULL, reason="large timm network: run with CNNZOO_SLOW=1")
@@ -79,20 +80,9 @@ def test_legacy_se_networks_count_timms_parameters(ours):
     assert mine == theirs
 
 
-def _random_statistics(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def _timm_files(timm_name: str, folder, stem: str | None = None) -> tuple[nn.Module, list]:
     torch.manual_seed(0)
-    theirs = _random_statistics(timm.create_model(timm_name, pretrained=False, num_classes=10))
+    theirs = randomize_bn(timm.create_model(timm_name, pretrained=False, num_classes=10)).eval()
     state = theirs.state_dict()
     stem = stem or timm_name
     torch.save(state, folder / f"{stem}.pth")
@@ -122,7 +112,7 @@ def test_timm_file_loads_with_timms_outputs(ours, timm_name, layout, tmp_path):
 def test_timm_file_with_another_class_count_keeps_the_backbone(tmp_path):
     """A 1000-class timm file fine-tuned into 5 classes: every converted tensor but the classifier is timm's."""
     torch.manual_seed(0)
-    theirs = _random_statistics(timm.create_model("mobilenetv3_small_100", pretrained=False))
+    theirs = randomize_bn(timm.create_model("mobilenetv3_small_100", pretrained=False)).eval()
     torch.save(theirs.state_dict(), tmp_path / "mbv3.pth")
     model = create_model("mobilenet_v3_small", num_classes=5)
     report = load_pretrained(model, tmp_path / "mbv3.pth", num_classes=5)

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnnzoo.models.nasnet import NORMAL_CELL, REDUCTION_CELL, ScheduledDropPath, scheduled_drop_prob
 from cnnzoo.registry import create_model, list_models, model_info
 from cnnzoo.summary import summarize
+from oracles import randomize_bn
 
 timm = pytest.importorskip("timm")
 
@@ -47,19 +48,6 @@ def _params(model: nn.Module) -> int:
 
 def _bn_stats(model: nn.Module) -> int:
     return sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
-
-
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine terms, so that an eval-mode comparison exercises every tensor."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model
 
 
 def _timm_parity(ours: nn.Module, theirs: nn.Module, size: int, key_map=lambda k: k) -> None:
@@ -121,7 +109,7 @@ def test_xception_macs_equal_flop_counter_on_timm():
 
 def test_xception_timm_parity():
     torch.manual_seed(0)
-    theirs = _randomize_bn(timm.create_model("legacy_xception", pretrained=False, num_classes=10))
+    theirs = randomize_bn(timm.create_model("legacy_xception", pretrained=False, num_classes=10))
     with torch.device("meta"):  # the weights come from timm's
         ours = create_model("xception", num_classes=10)
     _timm_parity(ours.to_empty(device="cpu"), theirs, size=64)
@@ -167,7 +155,7 @@ def test_resnetv2_forward_paths():
     """With the residual branch zeroed, a unit returns its shortcut: the raw input (identity), a 2x subsampling of
     the raw input (the strided last unit), or a 1x1 convolution of the pre-activated input (the first unit)."""
     torch.manual_seed(0)
-    model = _randomize_bn(create_model("resnet50v2", num_classes=10)).eval()
+    model = randomize_bn(create_model("resnet50v2", num_classes=10)).eval()
     for unit in (model.layer1[1], model.layer1[2], model.layer2[0]):
         nn.init.zeros_(unit.conv3.weight), nn.init.zeros_(unit.conv3.bias)
     x = torch.randn(1, 256, 8, 8)
@@ -259,7 +247,7 @@ def test_nasnet_large_timm_parity():
     """timm's nasnetalarge (random weights, random BN statistics) loads strictly and gives the same logits; its cells
     sit at the top level where ours sit in `cells`. 32x32 exercises both odd (15) and even (8) "SAME" paddings."""
     torch.manual_seed(0)
-    theirs = _randomize_bn(timm.create_model("nasnetalarge", pretrained=False, num_classes=10))
+    theirs = randomize_bn(timm.create_model("nasnetalarge", pretrained=False, num_classes=10))
     with torch.device("meta"):
         ours = create_model("nasnet_a_large", num_classes=10, aux_logits=False)
     state = theirs.state_dict()
