@@ -235,3 +235,20 @@ def test_new_fc_on_a_class_map_classifier():
         assert nin.appended_classes == 3 and nin.num_classes == 3
         assert nin.eval()(torch.empty(1, 3, 224, 224)).shape == (1, 3)
     assert [n for n, p in nin.named_parameters() if p.requires_grad] == ["classifier.1.weight", "classifier.1.bias"]
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v1", "inception_v3", "nasnet_a_mobile"])
+def test_auxiliary_heads_are_declared_and_reset_with_the_classifier(name):
+    """The contract's aux_classifiers name every training-only head: reset_classifier gives each the new class
+    count, so a fine-tuned network's training outputs all have it (checked on the meta device, shapes only)."""
+    from modelsizes import smallest_input
+
+    with torch.device("meta"):
+        model = create_model(name)
+        assert model.aux_heads() == list(model.aux_classifiers) and model.aux_heads()
+        model.reset_classifier(5)
+        outputs = model.train()(torch.zeros(2, *smallest_input(name)))
+    assert isinstance(outputs, tuple) and len(outputs) == 1 + len(model.aux_heads())
+    assert all(o.shape == (2, 5) for o in outputs)
+    with torch.device("meta"):
+        assert create_model(name, aux_logits=False).aux_heads() == []

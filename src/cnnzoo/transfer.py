@@ -3,7 +3,8 @@
 ``load_pretrained`` reads a cnnzoo checkpoint or a torchvision-/timm-format state_dict (``.pth``/``.pt`` through
 ``torch.load(weights_only=True)``, ``.safetensors`` through safetensors), so nothing but tensors is ever unpickled.
 It strips the ``module.`` prefix of DistributedDataParallel (and ``_orig_mod.`` of torch.compile), initialises or
-drops auxiliary heads (GoogLeNet's ``aux1``/``aux2``, Inception-v3's ``AuxLogits``) that only one side has, leaves
+drops auxiliary heads (the model's ``aux_classifiers``: GoogLeNet's ``aux1``/``aux2``, Inception-v3's ``AuxLogits``,
+NASNet's ``aux_head``) that only one side has, leaves
 the classifier freshly initialised when the file has another number of classes. A file in another code base's
 layout (timm's VGG, ConvNeXt, RegNet, ResNetV2, EfficientNet builder) goes through its named converter in
 ``cnnzoo.layouts``, and only into the networks that layout describes exactly; tensors are never matched by order
@@ -23,7 +24,6 @@ still lets BN update its running mean and variance in training mode).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,6 @@ __all__ = ["LoadReport", "load_pretrained", "apply_finetune", "freeze_norm_stats
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # dicts that training scripts wrap weights in
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-AUX_RE = re.compile(r"^aux", re.IGNORECASE)  # top-level module names of auxiliary heads: aux1, aux2, AuxLogits
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 SHOW = 3  # differing keys named in an error message
 
@@ -113,8 +112,9 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return state, stripped
 
 
-def _aux_names(keys) -> list[str]:
-    return sorted({k.split(".")[0] for k in keys if AUX_RE.match(k.split(".")[0])})
+def _aux_in_file(model: ZooModel, keys) -> list[str]:
+    """The model's possible auxiliary heads (its contract's ``aux_classifiers``) that the file holds."""
+    return sorted({k.split(".")[0] for k in keys if k.split(".")[0] in model.aux_classifiers})
 
 
 def _is_counter(key: str) -> bool:
@@ -125,18 +125,9 @@ def _is_counter(key: str) -> bool:
 def _class_heads(model: nn.Module) -> dict[str, nn.Linear]:
     """Parameter names of the classifier and of the auxiliary heads' Linear layers that output the classes."""
 
-    def is_head(name: str, m: nn.Module) -> bool:
-        if name == model.classifier_path:
-            return True
-        return bool(AUX_RE.match(name)) and isinstance(m, nn.Linear) and m.out_features == model.num_classes
-
-    return {
-        f"{name}.{p}": m
-        for name, m in model.named_modules()
-        if is_head(name, m)
-        for p in ("weight", "bias")
-        if getattr(m, p, None) is not None
-    }
+    paths = [model.classifier_path] + [model.aux_classifiers[head] for head in model.aux_heads()]
+    return {f"{path}.{p}": model.get_submodule(path) for path in paths
+            for p in ("weight", "bias") if getattr(model.get_submodule(path), p, None) is not None}
 
 
 def _match(model: nn.Module, ours: dict, theirs: dict, path: Path) -> list[tuple[str, str]]:
@@ -219,7 +210,7 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
         model.reset_classifier(theirs[old_key].shape[0])
         model.append_classifier(appended)
         report.appended_fc = appended
-    model_aux, file_aux = _aux_names(model.state_dict()), _aux_names(theirs)
+    model_aux, file_aux = model.aux_heads(), _aux_in_file(model, theirs)
     if file_aux and not model_aux:
         theirs = {k: v for k, v in theirs.items() if k.split(".")[0] not in file_aux}
         report.aux_dropped = file_aux

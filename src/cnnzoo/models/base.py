@@ -8,6 +8,10 @@
                             ``appended_classes`` records it for the model card
     stages()             -> the ordered (name, module) list that fine-tuning freezes from the front
     cam_layer            -> the module whose output is the feature map CAM-style explanations use
+    aux_classifiers      -> {auxiliary head: the dotted path of its final class layer}, the heads the architecture
+                            can have (GoogLeNet's aux1/aux2, Inception-v3's AuxLogits, NASNet's aux_head);
+                            aux_heads() lists those built (aux_logits=True); reset_classifier resets their class
+                            layers with the main one, and load_pretrained keeps, drops or initialises them
 
 A module whose weights other code bases save under other key names (torchvision's older or flatter layouts) defines
 ``rename_state_keys(state_dict, prefix)``, called on load and by ``load_pretrained`` before it matches names.
@@ -38,6 +42,7 @@ class ZooModel(nn.Module, metaclass=ABCMeta):
     cam_layer = ""  # dotted module name whose output equals forward_features(x)
     channels_last = False  # memory-format hint the trainer and predictor follow (depthwise nets)
     appended_classes = None  # set by append_classifier: the classes of the layer put on top of the classifier
+    aux_classifiers = {}  # auxiliary head module -> dotted path of its final class layer (training-only heads)
 
     @abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -51,13 +56,23 @@ class ZooModel(nn.Module, metaclass=ABCMeta):
     def get_classifier(self) -> nn.Linear:
         return self.get_submodule(self.classifier_path)
 
-    def _set_classifier(self, module: nn.Module) -> None:
-        parent, _, leaf = self.classifier_path.rpartition(".")
+    def _set_module(self, path: str, module: nn.Module) -> None:
+        parent, _, leaf = path.rpartition(".")
         setattr(self.get_submodule(parent) if parent else self, leaf, module)
 
+    def _set_classifier(self, module: nn.Module) -> None:
+        self._set_module(self.classifier_path, module)
+
+    def aux_heads(self) -> list[str]:
+        """The auxiliary heads this instance has (an absent head is an Identity without parameters)."""
+        return [head for head in self.aux_classifiers if not isinstance(self.get_submodule(head), nn.Identity)]
+
     def reset_classifier(self, num_classes: int) -> None:
-        old = self.get_classifier()
-        self._set_classifier(nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device))
+        """A new, freshly initialised final linear layer with ``num_classes`` outputs, and the same for the final
+        layer of every auxiliary head."""
+        for path in [self.classifier_path] + [self.aux_classifiers[head] for head in self.aux_heads()]:
+            old = self.get_submodule(path)
+            self._set_module(path, nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device))
         self.num_classes = num_classes
 
     def append_classifier(self, num_classes: int) -> None:

@@ -189,6 +189,7 @@ class GoogLeNet(ZooModel):
         f"inception{stage}{'abcde'[i]}" for stage, rows in GOOGLENET_STAGES.items() for i in range(len(rows))
     )
     cam_layer = "inception5b"
+    aux_classifiers = {"aux1": "aux1.fc2", "aux2": "aux2.fc2"}
     __constants__ = ["aux_logits", "transform_input"]
 
     def __init__(
@@ -270,13 +271,6 @@ class GoogLeNet(ZooModel):
     def _forward_with_aux(self, x: torch.Tensor) -> GoogLeNetOutputs:
         x, (aux1, aux2) = self._trunk(x, True)
         return GoogLeNetOutputs(self.forward_head(x), aux2, aux1)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final linear layer and, when present, the last linear layer of both auxiliary heads."""
-        super().reset_classifier(num_classes)
-        if self.aux_logits:
-            for aux in (self.aux1, self.aux2):
-                aux.fc2 = nn.Linear(aux.fc2.in_features, num_classes).to(aux.fc2.weight.device)
 
 
 # He-normal with fan_in, not torchvision's truncated normal (std 0.01 for GoogLeNet, 0.1 for Inception-v3): with

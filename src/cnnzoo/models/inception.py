@@ -378,6 +378,7 @@ class Inception3(ZooModel):
         row.name for row in V3_MIXED
     )
     cam_layer = "Mixed_7c"
+    aux_classifiers = {"AuxLogits": "AuxLogits.fc"}
     __constants__ = ["aux_logits", "transform_input"]
 
     def __init__(
@@ -443,13 +444,6 @@ class Inception3(ZooModel):
     def _forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, (aux,) = self._trunk(x, True)
         return self.forward_head(x), aux
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final linear layer and, when present, the auxiliary classifier's."""
-        super().reset_classifier(num_classes)
-        if self.aux_logits:
-            old = self.AuxLogits.fc
-            self.AuxLogits.fc = nn.Linear(old.in_features, num_classes).to(old.weight.device)
 
 
 # ----------------------------------------------------------------------------------------------- Inception-v4

@@ -352,6 +352,7 @@ class NASNet(ZooModel):
     classifier_path = "last_linear"
     cam_layer = "act"
     channels_last = True  # depthwise convolutions
+    aux_classifiers = {"aux_head": "aux_head.fc"}
     __constants__ = ["aux_logits", "aux_index", "prev_offsets"]
 
     def __init__(
@@ -421,13 +422,6 @@ class NASNet(ZooModel):
     def _forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, (aux,) = self._trunk(x, True)
         return self.forward_head(x), aux
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final linear layer and, when present, the auxiliary classifier's."""
-        super().reset_classifier(num_classes)
-        if self.aux_logits:
-            fc = self.aux_head.fc
-            self.aux_head.fc = nn.Linear(fc.in_features, num_classes).to(fc.weight.device)
 
     @torch.jit.unused
     def set_drop_path_progress(self, progress: float) -> None:
