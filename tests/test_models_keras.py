@@ -326,7 +326,7 @@ def test_scheduled_drop_path():
     # full rate until a schedule is set: linear in depth, 0.3 at the last of the 16 cells
     assert rates("cell_11") == pytest.approx([0.3] * 8) and rates("cell_stem_0") == pytest.approx([0.3 / 16] * 9)
     for progress in (0.0, 0.25, 1.0, 2.0):
-        model.set_drop_path_progress(progress)
+        model.set_training_progress(progress)
         for i, n in enumerate(names):
             expected = 0.3 * (i + 1) / 16 * min(progress, 1.0)
             assert rates(n) == pytest.approx([expected] * len(rates(n)))

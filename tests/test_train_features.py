@@ -153,6 +153,26 @@ def test_stochastic_depth_where_the_network_has_it(small):
         fit(build_for_data("resnet20", small), small, TrainConfig(drop_path=0.1))
 
 
+def test_drop_path_of_one_drops_every_branch_without_nan():
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.equal(DropPath(1.0).train()(x), torch.zeros_like(x))
+    assert torch.equal(DropPath(1.0).eval()(x), x)
+
+
+def test_the_trainer_tells_the_network_its_progress_every_epoch_and_again_on_resume(small, tmp_path, monkeypatch):
+    """NASNet's ScheduledDropPath grows with training: fit calls set_training_progress(epoch / epochs) before each
+    epoch, a resumed run from where it stopped (the schedule is a function of the epoch alone)."""
+    seen = []
+    model = build_for_data("lenet5", small)
+    monkeypatch.setattr(type(model), "set_training_progress", lambda self, progress: seen.append(progress))
+    out = tmp_path / "run"
+    fit(model, small, _config(out, epochs=3, max_steps=8))  # stops inside the second epoch
+    assert seen == [0.0, pytest.approx(1 / 3)]
+    seen.clear()
+    fit("lenet5", small, _config(out, epochs=3, resume=str(out)))
+    assert seen == [pytest.approx(1 / 3), pytest.approx(2 / 3)]
+
+
 def test_tiny_data_shrinks_the_batch_and_warns_about_batch_norm(tmp_path, capsys):
     data = load_data("fake", input_size=(3, 16, 16), num_classes=2, fake_samples=24)
     history = fit("resnet20", data, TrainConfig(epochs=1, batch_size=128, progress=False, out=str(tmp_path)))

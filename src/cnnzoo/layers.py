@@ -191,6 +191,8 @@ class DropPath(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
+        if keep == 0.0:  # every branch dropped: zeros (the rescaling 1/keep would turn 0 x inf into NaN)
+            return x * 0.0
         mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
         return x * mask.div_(keep)
 

@@ -39,6 +39,7 @@ from cnnzoo.errors import UserError
 from cnnzoo.evaluation import run_eval
 from cnnzoo.options import TRAIN_OPTIONS, check, check_needs
 from cnnzoo.registry import check_input_size, create_model, model_info
+from cnnzoo.models.base import ZooModel
 
 __all__ = ["TrainConfig", "History", "OPTIMIZERS", "SCHEDULES", "FAMILY_DEFAULTS", "NonFiniteLossError",
            "StopRequest", "build_for_data", "resolve_defaults", "resolve_config", "augmentation", "train_one_epoch",
@@ -877,6 +878,8 @@ def _loop(run: _Run) -> None:
     for epoch in range(run.position["epoch"], run.config.epochs):
         stats = run.position["stats"] if epoch == run.position["epoch"] else None
         start = run.position["batch"] if epoch == run.position["epoch"] else 0
+        if isinstance(run.model, ZooModel):  # a function of the epoch alone, so a resumed run sets the same value
+            run.model.set_training_progress(epoch / run.config.epochs)
         r = train_one_epoch(run.net, run.train_loader, run.optimizer, run.scheduler, step, epoch=epoch, start=start,
                             global_step=run.global_step, stats=stats)
         run.global_step, run.elapsed = r["global_step"], run.elapsed + r["seconds"]

@@ -8,6 +8,7 @@
                             ``appended_classes`` records it for the model card
     stages()             -> the ordered (name, module) list that fine-tuning freezes from the front
     cam_layer            -> the module whose output is the feature map CAM-style explanations use
+    set_training_progress(p) -> schedules inside the network (NASNet's drop-path), called by the trainer per epoch
     aux_classifiers      -> {auxiliary head: the dotted path of its final class layer}, the heads the architecture
                             can have (GoogLeNet's aux1/aux2, Inception-v3's AuxLogits, NASNet's aux_head);
                             aux_heads() lists those built (aux_logits=True); reset_classifier resets their class
@@ -85,6 +86,10 @@ class ZooModel(nn.Module, metaclass=ABCMeta):
         self.classifier_path = f"{self.classifier_path}.1"
         self.num_classes = num_classes
         self.appended_classes = num_classes
+
+    def set_training_progress(self, progress: float) -> None:
+        """A schedule inside the network (NASNet's ScheduledDropPath) follows the fraction of training done; the
+        trainer calls this before every epoch with epoch / epochs. Most networks have none."""
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [(name, self.get_submodule(name)) for name in self.stage_names]

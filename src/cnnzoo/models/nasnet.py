@@ -30,8 +30,8 @@ Training extras of the paper and the TF-slim configs:
   below about 80x80) skips that pool;
 - ScheduledDropPath: every operation's output except identities is dropped per sample with a probability that grows
   linearly over training, to ``drop_path_rate`` x (cell position + 1) / cells (the TF-slim "v3" schedule: deeper
-  cells drop more). ``model.set_drop_path_progress(step / total_steps)`` sets the schedule; until it is called the
-  full rate applies. TF-slim trains Large with drop_path_rate 0.3 (keep probability 0.7) and Mobile without it;
+  cells drop more). ``model.set_training_progress(p)`` sets the schedule (the trainer calls it with epoch / epochs
+  before every epoch); until it is called the full rate applies. TF-slim trains Large with drop_path_rate 0.3 (keep probability 0.7) and Mobile without it;
   both default to 0 here.
 
 Module names, parameter order and arithmetic follow timm's ``nasnetalarge`` (Cadene's port of the TF-slim weights),
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.errors import UserError
-from cnnzoo.layers import DropPath, init_weights
+from cnnzoo.layers import DropPath, init_weights, same_padding
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -141,12 +141,6 @@ class ScheduledDropPath(DropPath):
         return f"p={self.p}, final_p={self.final_p}"
 
 
-def _same_padding(size: int, kernel_size: int, stride: int) -> int:
-    # ceil(size / stride) outputs. The ceiling is written with positive operands (ONNX's integer Div truncates), and
-    # no max(..., 0) is needed: with kernel_size >= stride the padding is at least kernel_size - stride.
-    return ((size + stride - 1) // stride - 1) * stride + kernel_size - size
-
-
 class PadSame(nn.Module):
     """TensorFlow's "SAME" padding for a kxk window of stride s, computed from the input's size: the output has
     ceil(size / s) positions and any odd padding goes after the map. ``value``: -inf before a max pool."""
@@ -158,8 +152,8 @@ class PadSame(nn.Module):
         self.kernel_size, self.stride, self.value = kernel_size, stride, value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h = _same_padding(x.shape[-2], self.kernel_size, self.stride)
-        pad_w = _same_padding(x.shape[-1], self.kernel_size, self.stride)
+        pad_h = same_padding(x.shape[-2], self.kernel_size, self.stride)
+        pad_w = same_padding(x.shape[-1], self.kernel_size, self.stride)
         return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=self.value)
 
     def extra_repr(self) -> str:
@@ -424,7 +418,7 @@ class NASNet(ZooModel):
         return self.forward_head(x), aux
 
     @torch.jit.unused
-    def set_drop_path_progress(self, progress: float) -> None:
+    def set_training_progress(self, progress: float) -> None:
         """ScheduledDropPath: set every operation's drop probability to its final value x progress (the fraction
         of training done, clipped to [0, 1]); call once per step or epoch."""
         for m in self.modules():
