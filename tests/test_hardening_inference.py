@@ -352,6 +352,9 @@ def test_predict_topk_zero_is_one_line(files, capsys):
     assert "--topk" in _one_line(capsys.readouterr().err, "predict")
     with pytest.raises(UserError, match="at least 1"):
         cnnzoo.predict(files["good"], files["image"], topk=0)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(UserError, match="batch_size must be a whole number"):
+            cnnzoo.predict(files["good"], files["image"], batch_size=bad)
 
 
 def test_serve_refuses_a_checkpoint_it_could_not_serve(tmp_path, capsys, no_server):

@@ -108,6 +108,8 @@ def predict(
     """
     if topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
     paths = expand_sources(sources)
     tta_views(np.zeros((1, 1, 2, 2), np.float32), tta)  # an unknown mode fails before any model is opened
     models = list(model) if isinstance(model, (list, tuple)) else [model]
