@@ -138,7 +138,31 @@ def test_corrupt_last_falls_back_to_the_kept_previous(reference, tmp_path, capsy
         load_checkpoint(tmp_path / "last.pt")
     ck, path = find_resumable(tmp_path)
     assert path.name == previous[0].name and ck.record["epoch"] == 1
-    assert "trying the previous checkpoint" in capsys.readouterr().err
+    assert f"resuming from {path} instead" in capsys.readouterr().err
+    (tmp_path / previous[0].name).unlink()  # nothing left to fall back on: one line, the error, no warning first
+    with pytest.raises(CheckpointError, match="no resumable checkpoint"):
+        find_resumable(tmp_path)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_run_recorded_on_a_missing_device_resumes_with_a_device_flag(reference, small, tmp_path, capsys):
+    """The recorded config is checked after the command line's flags replace its values: a run stopped on a GPU
+    machine resumes here with --device cpu (and without the flag is refused in one line)."""
+    from cnnzoo.cli import main
+
+    _, _, out = reference
+    ck = load_checkpoint(out / "last-1.pt" if (out / "last-1.pt").exists() else sorted(out.glob("last-*.pt"))[0])
+    record = {k: v for k, v in ck.record.items() if k not in ("format", "version", "card", "state_dict",
+                                                                "state_dict_sha256")}
+    record["config"] = {**record["config"], "device": "cuda:7", "out": str(tmp_path)}
+    save_checkpoint(tmp_path / "last.pt", ck.card, ck.state_dict, **record)
+    for name in ("config.json", "metrics.jsonl"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cuda:7" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--resume", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "last.pt").record["epoch"] == 2
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

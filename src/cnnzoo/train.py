@@ -510,11 +510,12 @@ def find_resumable(path: str | Path) -> tuple[Checkpoint, Path]:
             ckpt = load_checkpoint(candidate)
         except CheckpointError as err:
             errors.append(str(err))
-            print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
             continue
         if ckpt.train_state is None:
             errors.append(f"{candidate} is not resumable (no train_state)")
             continue
+        for skipped in errors:  # said only when an older checkpoint is used; a failure is one line, below
+            print(f"warning: {skipped}; resuming from {candidate} instead", file=sys.stderr)
         return ckpt, candidate
     raise CheckpointError(f"no resumable checkpoint in {path}" + (f": {errors[-1]}" if errors else ""))
 
@@ -1059,14 +1060,16 @@ def dump_recipe(config: TrainConfig) -> str:
     return yaml.safe_dump(plain, sort_keys=False)
 
 
-def resume_plan(path: str | Path) -> tuple[str, dict, dict, TrainConfig]:
+def resume_plan(path: str | Path, overrides: dict | None = None) -> tuple[str, dict, dict, TrainConfig]:
     """What a run folder records: (model name, model kwargs, load_data options, TrainConfig with resume set).
     The recorded max_steps is dropped: it boxed the run that stopped, and kept it would stop the resumed run
-    after one step (the step count runs on across resumes); pass --max-steps again for a new box."""
+    after one step (the step count runs on across resumes); pass --max-steps again for a new box. ``overrides``
+    (the command line's flags) replace recorded values before the config is checked, so a run recorded on a
+    device this machine lacks resumes with ``--device cpu``."""
     ckpt, _ = find_resumable(path)
     recorded = dict(ckpt.record.get("config") or {})
     data_options = dict(recorded.pop("data", None) or {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in recorded.items() if k in names})
-    return (ckpt.card.model_name, dict(ckpt.card.model_kwargs), data_options,
-            dataclasses.replace(config, resume=str(path), max_steps=None))
+    values = {k: v for k, v in recorded.items() if k in names} | {"max_steps": None} | dict(overrides or {})
+    config = TrainConfig(**{**values, "resume": str(path)})
+    return ckpt.card.model_name, dict(ckpt.card.model_kwargs), data_options, config

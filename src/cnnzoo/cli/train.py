@@ -125,10 +125,9 @@ def _plan(args: argparse.Namespace):
     data_flags = {k: v for k, v in dict(data_dir=args.data_dir, limit=args.limit, input_size=args.input_size).items()
                   if v is not None}
     if args.resume:
-        name, model_kwargs, data_options, config = resume_plan(args.resume)
+        name, model_kwargs, data_options, config = resume_plan(args.resume, flags)
         if args.model and args.model != name:
             raise UserError(f"{args.resume} is a {name} run, not {args.model}")
-        config = dataclasses.replace(config, **flags)
         data_options = dict(data_options, **data_flags)
     else:
         if not args.model or not args.data:
