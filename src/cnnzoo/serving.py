@@ -530,7 +530,8 @@ def create_app(
         limits: request limits (defaults: Limits()).
         topk: classes returned when a request does not ask (?topk=N).
         trust_torchscript: accept a TorchScript file, a program that runs code when loaded (see open_runtime).
-        precision: "auto" (the export's recorded choice, else the file's own), "fp32", "bf16" or "int8".
+        precision: "auto" (the export's recorded choice; a float .onnx without one, with backend "auto" too, is
+            measured at start on ONNX Runtime and OpenVINO fp32: see _open_model), "fp32", "bf16" or "int8".
 
     Raises:
         UserError: max_batch or topk below 1 (limits are checked when a Limits is made).
