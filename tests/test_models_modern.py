@@ -314,3 +314,29 @@ def test_v2_batchnorm_and_heads():
     dropout = [_meta(create_model, f"efficientnet_v2_{v}").classifier[0].p for v in "sml"]
     assert dropout == [0.2, 0.3, 0.4]  # the release's efficientnetv2_params, torchvision's defaults
     assert math.isclose(_meta(create_model, "efficientnet_v2_b3").classifier[0].p, 0.3)
+
+
+TF_V2 = ["s", "m", "l", "b0", "b1", "b2", "b3"]
+
+
+@pytest.mark.parametrize("variant", TF_V2)
+def test_tf_efficientnetv2_counts_timms_parameters(variant):
+    """Google's TensorFlow release of V2 as timm ports it: the same tensors as timm's tf_efficientnetv2_*, at 1000
+    classes, with its BN eps, its "SAME" padding on the same convolutions and its default input size."""
+    timm = pytest.importorskip("timm")
+    name = f"tf_efficientnetv2_{variant}"
+    with torch.device("meta"):
+        theirs = timm.create_model(name, pretrained=False)
+        ours = create_model(name)
+    assert _count(ours) == _count(theirs)
+    assert ours.num_features == theirs.num_features
+    assert {m.eps for m in ours.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-3}
+    assert {m.eps for m in theirs.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-3}
+    # timm: Conv2dSame where the padding depends on the input size (the stem and the four stride-2 stages)
+    shapes = [(m.in_channels, m.out_channels, m.stride) for m in ours.modules() if type(m).__name__ == "Conv2dSame"]
+    assert shapes == [(m.in_channels, m.out_channels, m.stride) for m in theirs.modules()
+                      if type(m).__name__ == "Conv2dSame"]
+    assert len(shapes) == 5
+    assert model_info(name).input_size == (3, *theirs.pretrained_cfg["input_size"][1:])
+    info, v2 = model_info(name), model_info(f"efficientnet_v2_{variant}")
+    assert (info.family, info.paper) == (v2.family, v2.paper)

@@ -36,6 +36,13 @@ BatchNorm has TensorFlow's eps 1e-3 (momentum 0.01) on all eight. Their default 
 default configs): those of B0-B7. timm's ``tf_efficientnet_bN`` files load into them through the converter in
 ``cnnzoo.layouts``.
 
+``tf_efficientnetv2_s``/``m``/``l``/``b0``..``b3`` are EfficientNetV2 as Google released it (google/automl,
+trained in TensorFlow), ported by timm under the same names. They hold the same tensors as ``efficientnet_v2_*``
+(torchvision's layout; timm's counts are ours) and V2 already has TensorFlow's eps 1e-3 (momentum 0.1, as timm), so
+they differ only in padding: the stem and every stride-2 block convolution (Fused-MBConv's kxk, MBConv's depthwise)
+pad like TensorFlow's "SAME". Their default input sizes are timm's default configs, the release's training sizes:
+300 (S), 384 (M, L), 192 (B0, B1), 208 (B2), 240 (B3), where ``efficientnet_v2_*`` use the evaluation sizes.
+
 ``small_input=True`` makes the stem stride 1 for 32x32 images.
 """
 
@@ -204,6 +211,13 @@ VARIANTS: dict[str, Variant] = {
     # Google's TensorFlow release of B0-B7 (timm's tf_efficientnet_bN): TF's padding and BN settings on all eight.
     **{f"tf_{name}": _v1(name)._replace(batchnorm=TF_BN, tf_padding=True) for name in SCALING},
 }
+# Google's TensorFlow release of V2 (timm's tf_efficientnetv2_*): the same networks with TF's padding, at the
+# release's training sizes (timm's default configs) rather than its evaluation sizes.
+TF_V2_RESOLUTION = {"s": 300, "m": 384, "l": 384, "b0": 192, "b1": 192, "b2": 208, "b3": 240}
+VARIANTS.update(
+    {f"tf_v2_{name}": VARIANTS[f"v2_{name}"]._replace(resolution=size, tf_padding=True)
+     for name, size in TF_V2_RESOLUTION.items()}
+)
 
 
 def _stage(stage: Stage, in_channels: int, drop_paths: list[float]) -> nn.Sequential:
@@ -282,7 +296,8 @@ def _init_weights(m: nn.Module) -> None:
 def register(variant: str):
     """register_model with the variant's resolution as the model's default input size."""
     size = VARIANTS[variant].resolution
-    family, paper = ("EfficientNetV2", EFFICIENTNET_V2) if variant.startswith("v2") else ("EfficientNet", EFFICIENTNET)
+    v2 = variant.removeprefix("tf_").startswith("v2")
+    family, paper = ("EfficientNetV2", EFFICIENTNET_V2) if v2 else ("EfficientNet", EFFICIENTNET)
     return register_model(family, paper, input_size=(3, size, size), small_input=True)
 
 
@@ -422,3 +437,45 @@ def tf_efficientnet_b6(**kwargs) -> EfficientNet:
 def tf_efficientnet_b7(**kwargs) -> EfficientNet:
     """EfficientNet-B7, 600x600, as Google's TensorFlow release (timm's port): "SAME" padding, BN eps 1e-3."""
     return EfficientNet("tf_b7", **kwargs)
+
+
+@register("tf_v2_s")
+def tf_efficientnetv2_s(**kwargs) -> EfficientNet:
+    """EfficientNetV2-S, 300x300, as Google's TensorFlow release (timm's port): "SAME" padding."""
+    return EfficientNet("tf_v2_s", **kwargs)
+
+
+@register("tf_v2_m")
+def tf_efficientnetv2_m(**kwargs) -> EfficientNet:
+    """EfficientNetV2-M, 384x384, as Google's TensorFlow release (timm's port): "SAME" padding."""
+    return EfficientNet("tf_v2_m", **kwargs)
+
+
+@register("tf_v2_l")
+def tf_efficientnetv2_l(**kwargs) -> EfficientNet:
+    """EfficientNetV2-L, 384x384, as Google's TensorFlow release (timm's port): "SAME" padding."""
+    return EfficientNet("tf_v2_l", **kwargs)
+
+
+@register("tf_v2_b0")
+def tf_efficientnetv2_b0(**kwargs) -> EfficientNet:
+    """EfficientNetV2-B0, 192x192, as Google's TensorFlow release (timm's port): "SAME" padding."""
+    return EfficientNet("tf_v2_b0", **kwargs)
+
+
+@register("tf_v2_b1")
+def tf_efficientnetv2_b1(**kwargs) -> EfficientNet:
+    """EfficientNetV2-B1, 192x192, as Google's TensorFlow release (timm's port): "SAME" padding."""
+    return EfficientNet("tf_v2_b1", **kwargs)
+
+
+@register("tf_v2_b2")
+def tf_efficientnetv2_b2(**kwargs) -> EfficientNet:
+    """EfficientNetV2-B2, 208x208, as Google's TensorFlow release (timm's port): "SAME" padding."""
+    return EfficientNet("tf_v2_b2", **kwargs)
+
+
+@register("tf_v2_b3")
+def tf_efficientnetv2_b3(**kwargs) -> EfficientNet:
+    """EfficientNetV2-B3, 240x240, as Google's TensorFlow release (timm's port): "SAME" padding."""
+    return EfficientNet("tf_v2_b3", **kwargs)
