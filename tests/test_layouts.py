@@ -50,6 +50,8 @@ LOADS = [
     ("tf_efficientnet_b0", "tf_efficientnet_b0", "timm EfficientNet builder"),  # TensorFlow padding, eps 1e-3
     pytest.param("tf_efficientnet_b3", "tf_efficientnet_b3", "timm EfficientNet builder", marks=slow),
     pytest.param("tf_efficientnet_b7", "tf_efficientnet_b7", "timm EfficientNet builder", marks=slow),
+    ("tf_efficientnetv2_b0", "tf_efficientnetv2_b0", "timm EfficientNet builder"),  # TensorFlow padding
+    pytest.param("tf_efficientnetv2_s", "tf_efficientnetv2_s", "timm EfficientNet builder", marks=slow),
 ]
 
 # (cnnzoo name, timm name, the file's name, what the refusal names)
@@ -63,6 +65,8 @@ REFUSALS = [
     ("mobilenet_v3_small", "mobilenetv2_100", "mobilenetv2_100", "does not fit this model"),
     ("resnet18", "resnetv2_18", "resnetv2_18", "converts it for the networks matching 'preact_resnet"),
     ("tf_efficientnet_b0", "efficientnet_b0", "efficientnet_b0.ra_in1k", "not a TensorFlow port"),
+    ("efficientnet_v2_b0", "tf_efficientnetv2_b0", "tf_efficientnetv2_b0", "pad like TensorFlow"),
+    ("tf_efficientnetv2_s", "efficientnetv2_s", "efficientnetv2_s", "not a TensorFlow port"),  # eps 1e-5, symmetric
 ]
 
 
@@ -152,6 +156,26 @@ def test_tf_efficientnet_pads_like_timm_at_odd_and_even_sizes(tmp_path):
     for size in ((65, 65), (64, 64), (67, 67), (33, 40)):
         x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
         with torch.inference_mode():  # a random network's logits barely depend on x: the feature maps show it
+            expected, features = theirs(x), theirs.forward_features(x)
+            tol = {"rtol": 1e-5, "atol": 1e-5 * features.abs().max()}
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+            torch.testing.assert_close(model.forward_features(x), features, **tol)
+            assert torch.allclose(symmetric.forward_features(x), features, **tol) == (size == (65, 65)), size
+
+
+def test_tf_efficientnetv2_pads_like_timm_at_odd_and_even_sizes(tmp_path):
+    """As for tf_efficientnet_b0: a timm tf_efficientnetv2_b0 file gives timm's outputs at 65, 64, 67 and 33x40; the
+    same tensors in the symmetrically padded efficientnet_v2_b0 (the same eps) only at 65, where "SAME" is symmetric."""
+    theirs, files = _timm_files("tf_efficientnetv2_b0", tmp_path)
+    theirs.double()
+    model = create_model("tf_efficientnetv2_b0", num_classes=10)
+    assert load_pretrained(model, files[1]).layout == "timm EfficientNet builder"
+    model.double().eval()
+    symmetric = create_model("efficientnet_v2_b0", num_classes=10).double().eval()
+    symmetric.load_state_dict(model.state_dict())
+    for size in ((65, 65), (64, 64), (67, 67), (33, 40)):
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        with torch.inference_mode():
             expected, features = theirs(x), theirs.forward_features(x)
             tol = {"rtol": 1e-5, "atol": 1e-5 * features.abs().max()}
             torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())

@@ -190,13 +190,14 @@ ACCEPTS = (
     ("timm legacy SENet", r"legacy_se_resnet\d+|legacy_se_resnext\w+|legacy_senet154", 1e-5),
     ("timm EfficientNet builder", r"efficientnet_b[0-7]|mobilenet_v2|mobilenet_v3_(large|small)|mnasnet(0_5|0_75|1_0)", 1e-5),
     ("timm EfficientNet builder", r"tf_efficientnet_b[0-7]", 1e-3),
+    ("timm EfficientNet builder", r"tf_efficientnetv2_(s|m|l|b[0-3])", 1e-3),
 )
 
 # timm's TensorFlow ports (tf_efficientnet_*, tf_mobilenetv3_*, ...) hold the same tensors as its own EfficientNet
 # builder networks but pad like TensorFlow ("SAME": more on the bottom/right). Nothing in the file tells them apart,
 # so the file's path, which names the timm architecture wherever timm or the Hugging Face hub saved it, is read.
 TF_PORT = re.compile(r"(?:^|[^a-z0-9])tf_(?:efficientnet|mobilenet|mixnet|mnasnet)", re.IGNORECASE)
-NOT_TF_PORT = re.compile(r"(?:^|[^a-z0-9_])(?:efficientnet|mobilenetv\d|mixnet|mnasnet)_", re.IGNORECASE)
+NOT_TF_PORT = re.compile(r"(?:^|[^a-z0-9_])(?:efficientnet(?:v2)?|mobilenetv\d|mixnet|mnasnet)_", re.IGNORECASE)
 NOT_TF_PORT_REFUSAL = (
     "its path names one of timm's own EfficientNet-builder networks (symmetric padding, BatchNorm eps 1e-5), not"
     " a TensorFlow port (tf_*): load it into the cnnzoo network without the tf_ prefix"
@@ -218,8 +219,9 @@ REFUSALS = {
         "timm's mobilenetv1_* use ReLU6 where the paper (and cnnzoo's mobilenet_v1) uses ReLU"
     ),
     ("timm EfficientNet builder", r"efficientnet_v2_\w+"): (
-        "timm's tf_efficientnetv2_* pad like TensorFlow ('SAME') and its efficientnetv2_* are timm's own variants;"
-        " cnnzoo's efficientnet_v2_* are torchvision's (symmetric padding)"
+        "cnnzoo's efficientnet_v2_* are torchvision's (symmetric padding); timm's efficientnetv2_* are its own"
+        " variants and its tf_efficientnetv2_* pad like TensorFlow ('SAME'): load a tf_efficientnetv2_s/m/l/b0..b3"
+        " file into cnnzoo's network of the same name"
     ),
 }
 
