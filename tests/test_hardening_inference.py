@@ -312,6 +312,22 @@ SERVE_OPTIONS = [
 ]
 
 
+def test_serve_on_a_port_in_use_is_one_line(files, capsys, no_server):
+    """Another process listens on the port: one line naming it, exit 2, before uvicorn's start-up (whose own
+    message would come after its banner, with status 3)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(files["good"]), "--port", str(port)]) == 2
+    line = _one_line(capsys.readouterr().err, "serve")
+    assert f"127.0.0.1:{port}" in line and "in use" in line
+    assert main(["serve", str(files["good"]), "--host", "no-such-host.invalid"]) == 2
+    assert "cannot listen on no-such-host.invalid" in _one_line(capsys.readouterr().err, "serve")
+
+
 @pytest.mark.parametrize("argv, option", SERVE_OPTIONS, ids=[" ".join(a) for a, _ in SERVE_OPTIONS])
 def test_serve_options_out_of_range(files, argv, option, capsys, monkeypatch, no_server):
     def never(*args, **kwargs):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import http
 import importlib.resources
 import logging
@@ -35,6 +36,7 @@ import math
 import numbers
 import os
 import secrets
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -694,6 +696,7 @@ def serve(
         _warm_up(runtime)
     except UserError as err:
         raise UserError(f"cannot serve {model}: {err}") from None
+    _check_bindable(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("cnnzoo serve %s on http://%s:%d (backend %s, precision %s, max batch %d, token %s)", model, host, port,
              runtime.backend, runtime.precision, max_batch, "required" if token else "off")
@@ -756,6 +759,23 @@ def _head_timeout_protocol():
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     return type("HeadTimeoutH11", (_HeadTimeout, H11Protocol), {})
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Bind and release the service's address before uvicorn starts: a port in use or an address that is not this
+    machine's is then one line, where uvicorn would log it after its start-up lines and exit with status 3. (uvicorn
+    binds again at once; handing it our socket would also silence its "running on" line.)"""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a closed server's port is free
+        try:
+            sock.bind(address)
+        except OSError as err:
+            why = "the port is in use (choose another with --port)" if err.errno == errno.EADDRINUSE else err.strerror
+            raise UserError(f"cannot listen on {host}:{port}: {why}") from None
 
 
 def server_config(app, host: str, port: int, limits: Limits, log_level: str = "info"):
