@@ -200,7 +200,8 @@ TF_PORT = re.compile(r"(?:^|[^a-z0-9])tf_(?:efficientnet|mobilenet|mixnet|mnasne
 NOT_TF_PORT = re.compile(r"(?:^|[^a-z0-9_])(?:efficientnet(?:v2)?|mobilenetv\d|mixnet|mnasnet)_", re.IGNORECASE)
 NOT_TF_PORT_REFUSAL = (
     "its path names one of timm's own EfficientNet-builder networks (symmetric padding, BatchNorm eps 1e-5), not"
-    " a TensorFlow port (tf_*): load it into the cnnzoo network without the tf_ prefix"
+    " a TensorFlow port (tf_*): an efficientnet_b* file loads into the cnnzoo network without the tf_ prefix;"
+    " timm's own efficientnetv2_* have no cnnzoo counterpart"
 )
 TF_PORT_REFUSAL = (
     "its path names one of timm's TensorFlow ports (tf_*), which pad like TensorFlow ('SAME', more on the bottom and"
