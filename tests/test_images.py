@@ -259,3 +259,19 @@ def test_returned_image_is_detached_from_the_file(tmp_path: Path):
     image = open_image(path)
     path.unlink()
     assert np.asarray(image).shape == (16, 24, 3)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_normalize_is_the_float32_formula_bit_for_bit(channels):
+    """The table lookup gives exactly ((x / 255) - mean) / std in float32, the torch loaders' operations."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(37, 23, channels), dtype=np.uint8)
+    array[0, :channels, :] = 0
+    array[1, :channels, :] = 255
+    mean, std = (0.485, 0.456, 0.406)[:channels], (0.229, 0.224, 0.225)[:channels]
+    spec = InputSpec(channels, 37, 23, mean, std, "stretch", 37)
+    x = array.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    expected = (x - np.float32(mean).reshape(-1, 1, 1)) / np.float32(std).reshape(-1, 1, 1)
+    got = normalize(array, spec)
+    assert got.dtype == np.float32 and got.shape == (channels, 37, 23) and got.flags.c_contiguous
+    assert np.array_equal(got, expected)
