@@ -176,8 +176,8 @@ def test_class_count_mismatch_replaces_the_classifier(torchvision_resnet18):
 
 def test_other_mismatches_name_the_first_differing_keys(torchvision_resnet18, tmp_path):
     _, folder = torchvision_resnet18
-    with pytest.raises(UserError, match=r"shapes differ at conv1.weight \(64, 1, 7, 7\) vs file \(64, 3, 7, 7\)"):
-        load_pretrained(create_model("resnet18", in_chans=1), folder / "plain.pth")
+    with pytest.raises(UserError, match=r"shapes differ at conv1.weight \(64, 3, 3, 3\) vs file \(64, 3, 7, 7\)"):
+        load_pretrained(create_model("resnet18", small_input=True), folder / "plain.pth")
     with pytest.raises(UserError, match=r"missing layer1.2.conv1.weight \(64, 64, 3, 3\)"):
         load_pretrained(create_model("resnet34"), folder / "plain.pth")
     with pytest.raises(UserError, match="no such weights file"):
@@ -252,3 +252,26 @@ def test_auxiliary_heads_are_declared_and_reset_with_the_classifier(name):
     assert all(o.shape == (2, 5) for o in outputs)
     with torch.device("meta"):
         assert create_model(name, aux_logits=False).aux_heads() == []
+
+
+@pytest.mark.parametrize("channels", [1, 6])
+def test_rgb_weights_into_a_grey_network_adapt_the_first_convolution(torchvision_resnet18, channels):
+    """timm's adapt_input_conv: for one channel the RGB filters are summed, so a grey image gives what the RGB
+    network gives on that image repeated into three channels (the oracle: torchvision's own network); for other
+    counts they are repeated and rescaled by 3 / channels (with 6: each filter twice at half weight, so a constant
+    image keeps its response)."""
+    theirs, folder = torchvision_resnet18
+    ours = create_model("resnet18", in_chans=channels, num_classes=10)
+    report = load_pretrained(ours, folder / "plain.pth", num_classes=10)
+    assert report.input_channels == (3, channels) and "adapted from 3 to" in str(report)
+    trunk = nn.Sequential(*list(theirs.children())[:-2]).eval()
+    grey = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        if channels == 1:
+            expected = trunk(grey.repeat(1, 3, 1, 1))
+            torch.testing.assert_close(ours.eval().forward_features(grey), expected, rtol=1e-4, atol=1e-4)
+        else:
+            constant = torch.full((1, channels, 64, 64), 0.3)
+            got = ours.eval().conv1(constant)[..., 8:-8, 8:-8]  # away from the zero padding
+            expected = theirs.conv1(torch.full((1, 3, 64, 64), 0.3))[..., 8:-8, 8:-8]
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

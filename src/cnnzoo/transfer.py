@@ -59,6 +59,7 @@ class LoadReport:
     appended_fc: int | None = None  # the checkpoint's appended classifier, rebuilt on the model
     aux_initialised: list[str] = field(default_factory=list)
     aux_dropped: list[str] = field(default_factory=list)
+    input_channels: tuple[int, int] | None = None  # (file's, model's) when the first convolution was adapted
 
     def __str__(self) -> str:
         parts = [f"loaded {self.loaded} tensors from {self.path} ({self.source})"]
@@ -68,6 +69,10 @@ class LoadReport:
             parts.append(f"converted from the {self.layout} layout")
         if self.appended_fc is not None:
             parts.append(f"rebuilt the appended classifier ({self.appended_fc} classes)")
+        if self.input_channels:
+            was, now = self.input_channels
+            how = "its filters summed" if now == 1 else "its filters repeated and rescaled"
+            parts.append(f"first convolution adapted from {was} to {now} input channels ({how}, as timm does)")
         if self.classifier_replaced:
             parts.append(f"classifier replaced: {self.file_classes} -> {self.num_classes} classes, newly initialised")
         if self.aux_initialised:
@@ -150,6 +155,24 @@ def _match(model: nn.Module, ours: dict, theirs: dict, path: Path) -> list[tuple
     return pairs
 
 
+def _adapt_input_channels(model: nn.Module, theirs: dict) -> tuple[dict, tuple[int, int] | None]:
+    """A file trained on other input channels than the model's (RGB weights for grey digits): the first
+    convolution's filters are summed over their channels for a one-channel model (a grey image then gets what the
+    RGB network gives it as three equal channels), else repeated to the model's channel count and rescaled by file /
+    model channels (timm's adapt_input_conv). Only the first convolution: every other tensor must fit."""
+    key, own = next(((k, v) for k, v in model.state_dict().items() if v.dim() == 4), (None, None))
+    weight = theirs.get(key) if key else None
+    if weight is None or weight.dim() != 4 or weight.shape[1] == own.shape[1] or \
+            (weight.shape[0], *weight.shape[2:]) != (own.shape[0], *own.shape[2:]):
+        return theirs, None
+    was, now = weight.shape[1], own.shape[1]
+    if now == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        adapted = weight.repeat(1, -(-now // was), 1, 1)[:, :now] * (was / now)
+    return {**theirs, key: adapted.to(weight.dtype)}, (was, now)
+
+
 def _own_renames(model: nn.Module, theirs: dict) -> dict:
     """The file's keys after the renames the model's modules apply on load (torchvision's older key names)."""
     state = dict(theirs)
@@ -199,7 +222,8 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
     theirs, kind, payload = _read_tensors(path)
     theirs, stripped = _strip_prefixes(theirs)
     theirs, layout = _from_layout(model, _own_renames(model, theirs), path)
-    report = LoadReport(str(path), kind, 0, stripped_prefix=stripped, layout=layout)
+    theirs, input_channels = _adapt_input_channels(model, theirs)
+    report = LoadReport(str(path), kind, 0, stripped_prefix=stripped, layout=layout, input_channels=input_channels)
     # A cnnzoo checkpoint's card (version 2), or the flat appended_fc of version 1.
     appended = (payload.get("card") or {}).get("appended_classes", payload.get("appended_fc"))
     if appended is not None and model.appended_classes is None:
