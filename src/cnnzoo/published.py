@@ -107,6 +107,9 @@ _RESNET = ("He et al. 2016, the released ResNet-50, github.com/KaimingHe/deep-re
 _SENET = ("Hu et al. 2018, the released {}, github.com/hujie-frank/SENet README, Table 1, single-crop validation "
           "error (error {} / {} %)")
 _MOBILENET = "Howard et al. 2017 (arXiv:1704.04861), Table 6, {} MobileNet-224 (no top-5 reported)"
+_EFFICIENTNET = "Tan & Le 2019 (arXiv:1905.11946), Table 2, EfficientNet-B{} (Google's TensorFlow release)"
+_EFFICIENTNET_V2 = ("Tan & Le 2021 (arXiv:2104.00298), Table 7, EfficientNetV2-{} trained on ImageNet-1K (no top-5 "
+                    "reported)")
 _INCEPTION_V4 = ("Szegedy et al. 2017 (arXiv:1602.07261), Table 2, {} (error {} / {} %; single crop, "
                  "non-blacklisted subset of the validation set)")
 
@@ -148,6 +151,14 @@ PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "efficientnet_v2_b1": (79.8, 95.0, "Keras applications table, EfficientNetV2B1"),
     "efficientnet_v2_b2": (80.5, 95.1, "Keras applications table, EfficientNetV2B2"),
     "efficientnet_v2_b3": (82.0, 95.8, "Keras applications table, EfficientNetV2B3"),
+    # Google's TensorFlow releases, which the tf_ networks are (the papers measured these models).
+    **{f"tf_efficientnet_b{i}": (top1, top5, _EFFICIENTNET.format(i)) for i, (top1, top5) in enumerate(
+        [(77.1, 93.3), (79.1, 94.4), (80.1, 94.9), (81.6, 95.7), (82.9, 96.4), (83.6, 96.7), (84.0, 96.8), (84.3, 97.0)])},
+    "tf_efficientnetv2_s": (83.9, None, _EFFICIENTNET_V2.format("S")),
+    "tf_efficientnetv2_m": (85.1, None, _EFFICIENTNET_V2.format("M")),
+    "tf_efficientnetv2_l": (85.7, None, _EFFICIENTNET_V2.format("L")),
+    **{f"tf_efficientnetv2_b{i}": (top1, top5, f"Keras applications table, EfficientNetV2B{i} (Google's release)")
+       for i, (top1, top5) in enumerate([(78.7, 94.3), (79.8, 95.0), (80.5, 95.1), (82.0, 95.8)])},
 }
 
 
