@@ -40,7 +40,7 @@ Shapes = dict[str, torch.Size]  # the model's keys in its module order, with the
 class Layout:
     name: str
     marker: re.Pattern  # a key that only files of this layout hold
-    convert: Callable[[Tensors, Shapes], Tensors] | None  # None: recognised only to be refused
+    convert: Callable[[Tensors, Shapes], Tensors]  # the file's tensors under cnnzoo's names
 
 
 # --- renaming layouts: (pattern, replacement) applied to every key, first match wins; unmatched keys stay ---

@@ -195,7 +195,7 @@ def _from_layout(model: nn.Module, theirs: dict, path: Path) -> tuple[dict, str]
     if why := refusal(layout, name, str(path)):
         raise UserError(f"{path} is a {layout.name} file that cannot load into {name}: {why}")
     file_eps = accepted(layout, name)
-    if layout.convert is None or file_eps is None:
+    if file_eps is None:
         known = accepting(layout)
         raise UserError(f"{path} is a {layout.name} file; cnnzoo converts it for "
                         + (f"the networks matching {known!r}" if known else "no network") + f", not {name}")
