@@ -127,17 +127,16 @@ def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def _class_heads(model: nn.Module) -> dict[str, nn.Linear]:
-    """Parameter names of the classifier and of the auxiliary heads' Linear layers that output the classes."""
-
+def _class_heads(model: nn.Module) -> set[str]:
+    """Parameter names of the classifier and of the auxiliary heads' class layers: the tensors whose class count
+    may differ from the file's."""
     paths = [model.classifier_path] + [model.aux_classifiers[head] for head in model.aux_heads()]
-    return {f"{path}.{p}": model.get_submodule(path) for path in paths
-            for p in ("weight", "bias") if getattr(model.get_submodule(path), p, None) is not None}
+    return {f"{path}.{p}" for path in paths for p in ("weight", "bias")}
 
 
-def _match(model: nn.Module, ours: dict, theirs: dict, path: Path) -> list[tuple[str, str]]:
-    """Pair every model key with the file key of the same name. Shapes may differ only in the class count of the
-    classifier and auxiliary classifiers; any other difference is an error naming the first differing keys."""
+def _match(model: nn.Module, ours: dict, theirs: dict, path: Path) -> list[str]:
+    """The model's keys to load, each held by the file under the same name. Shapes may differ only in the class
+    count of the classifier and auxiliary classifiers; any other difference is an error naming the first ones."""
     heads = _class_heads(model)
     own = [k for k in ours if not _is_counter(k)]
     other = [k for k in theirs if not _is_counter(k)]
@@ -146,13 +145,13 @@ def _match(model: nn.Module, ours: dict, theirs: dict, path: Path) -> list[tuple
         unexpected = ", ".join([f"{k} {tuple(theirs[k].shape)}" for k in other if k not in ours][:SHOW]) or "nothing"
         raise UserError(f"{path} does not fit this model: missing {missing}; unexpected {unexpected}"
                         f" ({len(own)} tensors in the model, {len(other)} in the file)")
-    pairs = [(k, k) for k in own] + [(k, k) for k in ours if _is_counter(k) and k in theirs]
-    bad = [k for k, _ in pairs
+    keys = own + [k for k in ours if _is_counter(k) and k in theirs]
+    bad = [k for k in keys
            if ours[k].shape != theirs[k].shape and (k not in heads or ours[k].shape[1:] != theirs[k].shape[1:])]
     if bad:
         diff = ", ".join(f"{k} {tuple(ours[k].shape)} vs file {tuple(theirs[k].shape)}" for k in bad[:SHOW])
         raise UserError(f"{path} does not fit this model: shapes differ at {diff}")
-    return pairs
+    return keys
 
 
 def _adapt_input_channels(model: nn.Module, theirs: dict) -> tuple[dict, tuple[int, int] | None]:
@@ -185,8 +184,8 @@ def _own_renames(model: nn.Module, theirs: dict) -> dict:
 def _from_layout(model: nn.Module, theirs: dict, path: Path) -> tuple[dict, str]:
     """The file's tensors under the model's names when they are written in a known foreign layout that describes
     this network; the tensors unchanged when they are not in a known layout (the name check then reports)."""
-    own = {k for k in model.state_dict() if not _is_counter(k)}
-    if own <= set(theirs):
+    state = model.state_dict()
+    if {k for k in state if not _is_counter(k)} <= set(theirs):
         return theirs, ""
     layout = recognise(theirs)
     if layout is None:
@@ -199,8 +198,8 @@ def _from_layout(model: nn.Module, theirs: dict, path: Path) -> tuple[dict, str]
         known = accepting(layout)
         raise UserError(f"{path} is a {layout.name} file; cnnzoo converts it for "
                         + (f"the networks matching {known!r}" if known else "no network") + f", not {name}")
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    bn_eps = {name: m.eps for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    shapes = {k: v.shape for k, v in state.items()}
+    bn_eps = {key: m.eps for key, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     return convert(layout, theirs, shapes, bn_eps, file_eps), layout.name
 
 
@@ -240,22 +239,22 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
         report.aux_dropped = file_aux
     report.aux_initialised = model_aux if not file_aux else []
 
-    def match() -> tuple[dict, list[tuple[str, str]]]:
+    def match() -> tuple[dict, list[str]]:
         ours = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in report.aux_initialised}
         return ours, _match(model, ours, theirs, path)
 
     clf_key = f"{model.classifier_path}.weight"
-    ours, pairs = match()
-    report.file_classes = next((theirs[b].shape[0] for a, b in pairs if a == clf_key), None)
+    ours, keys = match()
+    report.file_classes = theirs[clf_key].shape[0] if clf_key in keys else None
     if num_classes is None and report.file_classes not in (None, model.num_classes):
         model.reset_classifier(report.file_classes)  # keep the file's classifier: give the model its class count
-        ours, pairs = match()
-    same = [(a, b) for a, b in pairs if ours[a].shape == theirs[b].shape]
+        ours, keys = match()
+    same = [k for k in keys if ours[k].shape == theirs[k].shape]
     # strict=False only for what the checks above leave out on purpose: class heads of another class count,
     # auxiliary heads the file lacks, missing BN counters. Every other key was matched and shape-checked.
-    model.load_state_dict({a: theirs[b] for a, b in same}, strict=False)
+    model.load_state_dict({k: theirs[k] for k in same}, strict=False)
     report.loaded = len(same)
-    other_count = {a.rpartition(".")[0] for a, b in pairs if ours[a].shape != theirs[b].shape}
+    other_count = {k.rpartition(".")[0] for k in keys if ours[k].shape != theirs[k].shape}
     for name, module in model.named_modules():
         if name in other_count and name != model.classifier_path:
             module.reset_parameters()  # auxiliary classifiers of the file's class count: fresh, like the main one
