@@ -22,7 +22,6 @@ Torch-free (PIL + numpy), so the ONNX Runtime / OpenVINO paths and the service n
 from __future__ import annotations
 
 import functools
-
 import io
 import os
 import struct

@@ -146,7 +146,8 @@ def _builder_order(theirs: Tensors) -> list[str]:
         parts = key.split(".")
         if parts[0] == "blocks":
             children.setdefault(".".join(parts[:3]), set()).add(parts[3])
-    kinds = {block: next((order for tell, order in BUILDER_BLOCKS if tell in names), ()) for block, names in children.items()}
+    kinds = {block: next((order for tell, order in BUILDER_BLOCKS if tell in names), ())
+             for block, names in children.items()}
 
     def rank(key: str) -> tuple:
         parts = key.split(".")
@@ -188,7 +189,8 @@ ACCEPTS = (
     ("timm RegNet", r"regnet_[xy]_\w+", 1e-5),
     ("timm ResNetV2", r"preact_resnet(18|34|50)", 1e-5),
     ("timm legacy SENet", r"legacy_se_resnet\d+|legacy_se_resnext\w+|legacy_senet154", 1e-5),
-    ("timm EfficientNet builder", r"efficientnet_b[0-7]|mobilenet_v2|mobilenet_v3_(large|small)|mnasnet(0_5|0_75|1_0)", 1e-5),
+    ("timm EfficientNet builder",
+     r"efficientnet_b[0-7]|mobilenet_v2|mobilenet_v3_(large|small)|mnasnet(0_5|0_75|1_0)", 1e-5),
     ("timm EfficientNet builder", r"tf_efficientnet_b[0-7]", 1e-3),
     ("timm EfficientNet builder", r"tf_efficientnetv2_(s|m|l|b[0-3])", 1e-3),
 )
@@ -246,7 +248,8 @@ def refusal(layout: Layout, model_name: str, path: str = "") -> str | None:
             return TF_PORT_REFUSAL
         if tf_model and not tf_path and NOT_TF_PORT.search(path):
             return NOT_TF_PORT_REFUSAL
-    return next((why for (fam, names), why in REFUSALS.items() if fam == family and re.fullmatch(names, model_name)), None)
+    return next((why for (fam, names), why in REFUSALS.items() if fam == family and re.fullmatch(names, model_name)),
+                None)
 
 
 def accepted(layout: Layout, model_name: str) -> float | None:

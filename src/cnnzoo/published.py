@@ -152,8 +152,9 @@ PAPERS: dict[str, tuple[float | None, float | None, str]] = {
     "efficientnet_v2_b2": (80.5, 95.1, "Keras applications table, EfficientNetV2B2"),
     "efficientnet_v2_b3": (82.0, 95.8, "Keras applications table, EfficientNetV2B3"),
     # Google's TensorFlow releases, which the tf_ networks are (the papers measured these models).
-    **{f"tf_efficientnet_b{i}": (top1, top5, _EFFICIENTNET.format(i)) for i, (top1, top5) in enumerate(
-        [(77.1, 93.3), (79.1, 94.4), (80.1, 94.9), (81.6, 95.7), (82.9, 96.4), (83.6, 96.7), (84.0, 96.8), (84.3, 97.0)])},
+    **{f"tf_efficientnet_b{i}": (top1, top5, _EFFICIENTNET.format(i)) for i, (top1, top5) in enumerate([
+        (77.1, 93.3), (79.1, 94.4), (80.1, 94.9), (81.6, 95.7), (82.9, 96.4), (83.6, 96.7), (84.0, 96.8), (84.3, 97.0),
+    ])},
     "tf_efficientnetv2_s": (83.9, None, _EFFICIENTNET_V2.format("S")),
     "tf_efficientnetv2_m": (85.1, None, _EFFICIENTNET_V2.format("M")),
     "tf_efficientnetv2_l": (85.7, None, _EFFICIENTNET_V2.format("L")),

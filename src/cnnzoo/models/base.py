@@ -73,7 +73,8 @@ class ZooModel(nn.Module, metaclass=ABCMeta):
         layer of every auxiliary head."""
         for path in [self.classifier_path] + [self.aux_classifiers[head] for head in self.aux_heads()]:
             old = self.get_submodule(path)
-            self._set_module(path, nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device))
+            new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+            self._set_module(path, new.to(old.weight.device))
         self.num_classes = num_classes
 
     def append_classifier(self, num_classes: int) -> None:

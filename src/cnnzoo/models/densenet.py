@@ -268,8 +268,6 @@ _LEGACY_KEY = re.compile(
 )
 
 
-
-
 register = partial(register_model, "DenseNet", DENSENET_PAPER)
 
 

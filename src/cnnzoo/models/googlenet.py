@@ -21,8 +21,8 @@ The auxiliary heads: torchvision's pool adaptively to 4x4 (4x4 windows on the 14
 the paper's 5x5/3 average pool, which also gives 4x4 there, followed by an adaptive 4x4 pool that is the
 identity at 224x224 and keeps the heads usable at other input sizes. In training mode with
 ``aux_logits=True`` the forward returns ``GoogLeNetOutputs(logits, aux_logits2, aux_logits1)``, torchvision's
-order (the deeper head first), so training code written for torchvision's GoogLeNet unpacks it unchanged; in eval mode (and when scripted) only the
-logits.
+order (the deeper head first), so training code written for torchvision's GoogLeNet unpacks it unchanged; in eval
+mode (and when scripted) only the logits.
 
 ``small_input=True`` replaces the 7x7/2 stem convolution by a 3x3/1 one and drops the two stem max pools, so
 that a 32x32 image reaches stage 3 at 32x32 and the final map is 8x8.
