@@ -11,6 +11,7 @@ __all__ = [
     "ConvBNAct",
     "Conv2dSame",
     "same_padding",
+    "pad_same",
     "pad_like_tensorflow",
     "LocalResponseNorm",
     "SqueezeExcite",
@@ -102,6 +103,15 @@ def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) ->
     return max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
 
 
+def pad_same(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+             dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> torch.Tensor:
+    """``x`` padded for a window that then runs unpadded, as TensorFlow's "SAME" pads it: the odd pixel after
+    (bottom/right). ``value``: -inf before a max pool."""
+    pad_h = same_padding(x.shape[-2], kernel_size[0], stride[0], dilation[0])
+    pad_w = same_padding(x.shape[-1], kernel_size[1], stride[1], dilation[1])
+    return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=value)
+
+
 class Conv2dSame(nn.Conv2d):
     """A convolution padded like TensorFlow's "SAME": the padding depends on the input size, and an odd pixel goes
     after (bottom/right), where PyTorch's symmetric padding puts it on both sides. The models Google trained in
@@ -121,9 +131,7 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        pad_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
-        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 

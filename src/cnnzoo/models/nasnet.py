@@ -31,8 +31,8 @@ Training extras of the paper and the TF-slim configs:
 - ScheduledDropPath: every operation's output except identities is dropped per sample with a probability that grows
   linearly over training, to ``drop_path_rate`` x (cell position + 1) / cells (the TF-slim "v3" schedule: deeper
   cells drop more). ``model.set_training_progress(p)`` sets the schedule (the trainer calls it with epoch / epochs
-  before every epoch); until it is called the full rate applies. TF-slim trains Large with drop_path_rate 0.3 (keep probability 0.7) and Mobile without it;
-  both default to 0 here.
+  before every epoch); until it is called the full rate applies. TF-slim trains Large with drop_path_rate 0.3 (keep
+  probability 0.7) and Mobile without it; both default to 0 here.
 
 Module names, parameter order and arithmetic follow timm's ``nasnetalarge`` (Cadene's port of the TF-slim weights),
 so its state_dicts load strictly and give the same outputs; our cells sit in the ModuleDict ``cells``
@@ -55,11 +55,10 @@ from functools import partial
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.errors import UserError
-from cnnzoo.layers import DropPath, init_weights, same_padding
+from cnnzoo.layers import DropPath, init_weights, pad_same
 from cnnzoo.models.base import ZooModel
 from cnnzoo.registry import Paper, register_model
 
@@ -152,9 +151,7 @@ class PadSame(nn.Module):
         self.kernel_size, self.stride, self.value = kernel_size, stride, value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h = same_padding(x.shape[-2], self.kernel_size, self.stride)
-        pad_w = same_padding(x.shape[-1], self.kernel_size, self.stride)
-        return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=self.value)
+        return pad_same(x, (self.kernel_size, self.kernel_size), (self.stride, self.stride), value=self.value)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
