@@ -99,10 +99,12 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 def _se(channels: int, se: bool, divisor: int = 8) -> nn.Module:
-    # reduction 16 (Hu et al. 2018, sec. 6.1); the squeeze width rounded to a multiple of 8 as in timm (the SE
-    # paper's released models round down to an integer: divisor 1)
-    return SqueezeExcite(channels, make_divisible(channels / 16, divisor) if divisor > 1 else channels // 16) \
-        if se else nn.Identity()
+    if not se:
+        return nn.Identity()
+    # reduction 16 (Hu et al. 2018, sec. 6.1); timm rounds the squeeze width to a multiple of 8, the SE paper's
+    # released models (divisor 1) round it down
+    width = channels // 16 if divisor == 1 else make_divisible(channels / 16, divisor)
+    return SqueezeExcite(channels, width)
 
 
 class PadShortcut(nn.Module):
