@@ -24,11 +24,6 @@ from cnnzoo.train import (SCHEDULES, NonFiniteLossError, StopRequest, TrainConfi
                           build_for_data, find_resumable, fit)
 
 
-@pytest.fixture(scope="module")
-def small():
-    return load_data("digits", limit=200)  # 200 train (7 steps of 32 per epoch) / 200 val
-
-
 def _config(out, **kw) -> TrainConfig:
     base = dict(epochs=2, batch_size=32, lr=1e-2, deterministic=True, progress=False, out=str(out), seed=5)
     return TrainConfig(**dict(base, **kw))

@@ -24,11 +24,6 @@ from cnnzoo.train import (TrainConfig, _class_weights, build_for_data, drop_path
                           load_recipe)
 
 
-@pytest.fixture(scope="module")
-def small():
-    return load_data("digits", limit=200)  # 200 train (7 steps of 32 per epoch) / 200 val
-
-
 def _config(out, **kw) -> TrainConfig:
     base = dict(epochs=3, batch_size=32, lr=1e-2, deterministic=True, progress=False, out=str(out), seed=5)
     return TrainConfig(**dict(base, **kw))
