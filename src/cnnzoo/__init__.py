@@ -32,6 +32,7 @@ _API = {
     "open_runtime": "cnnzoo.runtime",
     "open_image": "cnnzoo.images",
     "load_pretrained": "cnnzoo.transfer",
+    "import_weights": "cnnzoo.importing",
     "apply_finetune": "cnnzoo.transfer",
     "explain": "cnnzoo.explanation",
     "export": "cnnzoo.exporting",

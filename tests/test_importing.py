@@ -1,0 +1,146 @@
+"""`cnnzoo import`: a torchvision or timm weight file becomes a cnnzoo model that every consumer (predict, export and
+the runtimes after it) feeds with its publisher's own preprocessing. The oracles are the publishers' code, not
+cnnzoo's: torchvision's weights.transforms() and networks, timm's pretrained configurations and data transforms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sklearn.datasets
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from cnnzoo.cli import main
+from cnnzoo.images import open_image, preprocess
+from cnnzoo.importing import TIMM_EVAL, import_weights, published_preprocessing
+from cnnzoo.runtime import open_runtime
+
+PHOTO = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"  # 640 x 427: the resize and crop both act
+
+
+def _torchvision_file(folder: Path, name: str, weights, num_classes: int = 1000) -> tuple[nn.Module, Path]:
+    """torchvision's network ``name`` (random weights, the last layer scaled so that the probabilities have clear
+    margins), saved under the file name torchvision publishes ``weights`` as."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, num_classes=num_classes).eval()
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(50)
+    path = folder / Path(weights.url).name
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def _top5(capsys, model: Path) -> list[tuple[str, float]]:
+    capsys.readouterr()
+    assert main(["predict", str(model), str(PHOTO), "--json", "--topk", "5"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    (result,) = document["predictions"]
+    return [(p["class"], p["probability"]) for p in result["topk"]]
+
+
+def test_imported_torchvision_weights_predict_and_export_as_torchvision_evaluates_them(tmp_path, capsys):
+    weights = torchvision.models.RegNet_X_400MF_Weights.IMAGENET1K_V2  # resize 232, not cnnzoo's default 256
+    model, path = _torchvision_file(tmp_path, "regnet_x_400mf", weights)
+    ckpt = tmp_path / "regnet.pt"
+    assert main(["import", "regnet_x_400mf", str(path), "--out", str(ckpt)]) == 0
+    assert "IMAGENET1K_V2" in capsys.readouterr().out
+    with torch.no_grad():
+        probs = model(weights.transforms()(Image.open(PHOTO).convert("RGB"))[None]).softmax(1)[0]
+    top = probs.topk(5)
+    expected = [(weights.meta["categories"][i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+    assert min(np.diff([-p for _, p in expected])) > 1e-3  # margins: the order below is not float noise
+
+    onnx = tmp_path / "regnet.onnx"
+    assert main(["export", str(ckpt), "--out", str(onnx)]) == 0
+    for artifact in (ckpt, onnx):
+        got = _top5(capsys, artifact)
+        assert [c for c, _ in got] == [c for c, _ in expected], artifact
+        np.testing.assert_allclose([p for _, p in got], [p for _, p in expected], atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", list(torchvision.models.EfficientNet_B1_Weights), ids=lambda w: w.name)
+def test_each_torchvision_file_gets_its_own_transforms(tmp_path, weights):
+    # efficientnet_b1's two files were evaluated differently: V1 resize 256 bicubic, V2 resize 255 bilinear
+    _, path = _torchvision_file(tmp_path, "efficientnet_b1", weights)
+    report = import_weights("efficientnet_b1", path, tmp_path / "b1.pt")
+    assert weights.name in report.preprocessing.source
+    assert report.preprocessing.top1 == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    runtime = open_runtime(report.path)
+    ours = runtime.preprocess(open_image(PHOTO))
+    theirs = weights.transforms()(Image.open(PHOTO).convert("RGB")).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_a_renamed_torchvision_file_falls_back_to_the_original_weights_and_says_so(tmp_path):
+    _, path = _torchvision_file(tmp_path, "efficientnet_b1", torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2)
+    renamed = path.rename(tmp_path / "my_b1.pth")
+    report = import_weights("efficientnet_b1", renamed)
+    assert report.path == tmp_path / "efficientnet_b1.pt"
+    assert "IMAGENET1K_V1" in report.preprocessing.source and "assumed" in report.preprocessing.source
+    stated = import_weights("efficientnet_b1", renamed, tmp_path / "stated.pt",
+                            preprocessing={"resize_size": 255, "interpolation": "bilinear"})
+    assert (stated.card.input.resize_size, stated.card.input.interpolation) == (255, "bilinear")
+    assert stated.preprocessing.top1 is None  # the published figure was for the published preprocessing
+
+
+@pytest.mark.parametrize("tag", list(TIMM_EVAL))
+def test_timm_table_is_timms_configuration_and_gives_timms_tensor(tag):
+    pytest.importorskip("timm")
+    from timm.data import create_transform
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(tag)
+    network, side, crop_pct, crop_mode, interpolation, (mean, std) = TIMM_EVAL[tag]
+    assert (side, crop_pct, crop_mode, interpolation) == (cfg.input_size[1], cfg.crop_pct, cfg.crop_mode,
+                                                          cfg.interpolation)
+    assert (mean, std) == (tuple(cfg.mean), tuple(cfg.std)) and cfg.num_classes == 1000
+    hub = Path(f"hub/models--timm--{tag}/snapshots/0/model.safetensors")  # where timm's hub puts the file
+    spec = published_preprocessing(network, hub).spec
+    transform = create_transform(input_size=cfg.input_size, crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode,
+                                 interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+    np.testing.assert_allclose(preprocess(open_image(PHOTO), spec), transform(Image.open(PHOTO).convert("RGB")),
+                               atol=1e-6)
+
+
+def test_a_timm_file_of_a_timm_only_network_gets_the_tag_its_path_names(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    tag = "tf_efficientnet_b0.ap_in1k"  # AdvProp: inputs in [-1, 1], unlike the network's default tag
+    folder = tmp_path / f"models--timm--{tag}" / "snapshots" / "0"
+    folder.mkdir(parents=True)
+    save_file(timm.create_model("tf_efficientnet_b0").state_dict(), folder / "model.safetensors")
+    report = import_weights("tf_efficientnet_b0", folder / "model.safetensors", tmp_path / "b0.pt")
+    assert tag in report.preprocessing.source and report.card.input.mean == (0.5, 0.5, 0.5)
+    assert report.load.layout.startswith("timm")
+
+
+def test_class_names_and_refusals(tmp_path, capsys):
+    _, path = _torchvision_file(tmp_path, "resnet18", torchvision.models.ResNet18_Weights.IMAGENET1K_V1, 3)
+    out = tmp_path / "three.pt"
+    assert main(["import", "resnet18", str(path), "--out", str(out)]) == 2
+    assert "--classes" in capsys.readouterr().err and not out.exists()
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\n dog \n\nbird\n")
+    assert main(["import", "resnet18", str(path), "--out", str(out), "--classes", str(names)]) == 0
+    assert open_runtime(out).classes == ["cat", "dog", "bird"]
+    failures = {
+        "class count": ["import", "resnet18", str(path), "--out", str(tmp_path / "a.pt"), "--classes", str(PHOTO)],
+        "wrong network": ["import", "vgg11", str(path), "--out", str(tmp_path / "b.pt")],
+        "onto itself": ["import", "resnet18", str(path), "--out", str(path)],
+        "a checkpoint": ["import", "resnet18", str(out), "--out", str(tmp_path / "c.pt")],
+        "no file": ["import", "resnet18", str(tmp_path / "none.pth"), "--out", str(tmp_path / "d.pt")],
+        "unknown network": ["import", "resnet19", str(path), "--out", str(tmp_path / "e.pt")],
+    }
+    for what, argv in failures.items():
+        capsys.readouterr()
+        assert main(argv) == 2, what
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, (what, err)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["three.pt"]
