@@ -144,3 +144,24 @@ def test_class_names_and_refusals(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, (what, err)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["three.pt"]
+
+
+def test_fine_tuning_normalises_as_the_initial_weights_were_trained(tmp_path, capsys):
+    _, path = _torchvision_file(tmp_path, "resnet18", torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    inception = ["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]  # as timm's inception-style weights were
+    assert main(["import", "resnet18", str(path), "--out", str(tmp_path / "init.pt"), *inception]) == 0
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 4)):
+        for c, name in enumerate(("dark", "light")):
+            for i in range(count):
+                pixels = np.clip(rng.normal(60 + 120 * c, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
+                (tmp_path / "data" / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / name / f"{i}.png")
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert main(["train", "resnet18", "--data", "imagefolder", "--data-dir", str(tmp_path / "data"), "--init",
+                 str(tmp_path / "init.pt"), "--input-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--workers", "0", "--no-progress", "--out", str(run)]) == 0
+    assert "normalised as the initial weights were trained" in capsys.readouterr().out
+    spec = open_runtime(run / "last.pt").spec
+    assert (spec.mean, spec.std, spec.size) == ((0.5,) * 3, (0.5,) * 3, (3, 32, 32))

@@ -32,7 +32,7 @@ from cnnzoo.registry import create_model, model_info
 from cnnzoo.transfer import LoadReport, load_pretrained
 
 __all__ = ["Preprocessing", "ImportReport", "TIMM_EVAL", "import_weights", "published_preprocessing",
-           "imagenet_classes", "read_class_names"]
+           "trained_input", "imagenet_classes", "read_class_names"]
 
 IMAGENET = IMAGENET_MEAN, IMAGENET_STD
 INCEPTION = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # timm's IMAGENET_INCEPTION_MEAN / _STD: inputs in [-1, 1]
@@ -120,6 +120,7 @@ class Preprocessing:
     spec: InputSpec
     source: str  # e.g. "torchvision ResNet50_Weights.IMAGENET1K_V2 (the file's name)"
     top1: float | None = None  # the publisher's ImageNet-1k top-1 (%) of these very weights, where known
+    published: bool = True  # False: nobody's known contract, cnnzoo's default stands in
 
 
 @dataclass
@@ -215,7 +216,19 @@ def published_preprocessing(name: str, path: str | Path, load: LoadReport | None
     if entries and not timm_file:
         return _from_torchvision(*_identify(entries, path))
     why = "a timm file: timm trains this network with several recipes" if entries else "no published preprocessing known"
-    return Preprocessing(photo_spec(model_info(name).input_size), f"cnnzoo's photo contract ({why}; state the weights' own)")
+    return Preprocessing(photo_spec(model_info(name).input_size),
+                         f"cnnzoo's photo contract ({why}; state the weights' own)", published=False)
+
+
+def trained_input(name: str, path: str | Path, load: LoadReport) -> Preprocessing | None:
+    """The input contract the weights in ``path`` (loaded into network ``name`` as ``load`` reports) were trained
+    with, where it is known: a cnnzoo checkpoint's card, else its publisher's; None for anybody else's file."""
+    if load.source == "cnnzoo checkpoint":
+        from cnnzoo.checkpoint import load_checkpoint
+
+        return Preprocessing(load_checkpoint(path).card.input, f"the model card of {path}")
+    published = published_preprocessing(name, path, load)
+    return published if published.published else None
 
 
 def imagenet_classes() -> tuple[str, ...]:

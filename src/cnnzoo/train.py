@@ -1003,6 +1003,7 @@ def _init_transfer(model: nn.Module, data: Data, config: TrainConfig, card: Mode
 
     report = load_pretrained(model, config.init, num_classes=None if config.new_fc else data.num_classes)
     ddp.print0(str(report), env=env)
+    card = _normalised_as_trained(card, report, config.init, env)
     file_classes = model.num_classes  # the loaded classifier's, before a new one may go on top of it
     model = apply_finetune(model, config.finetune, new_fc_classes=data.num_classes if config.new_fc else None)
     if model.appended_classes:
@@ -1012,6 +1013,22 @@ def _init_transfer(model: nn.Module, data: Data, config: TrainConfig, card: Mode
     if model.num_classes != data.num_classes:
         raise UserError(f"the model predicts {model.num_classes} classes, {data.name} has {data.num_classes}")
     return model, card
+
+
+def _normalised_as_trained(card: ModelCard, report, init: str, env: ddp.DistEnv) -> ModelCard:
+    """Fine-tuning shows the weights images normalised as in their training: the mean and std their card or their
+    publisher records replace the data's (timm's fine-tuning takes them from its pretrained configurations too;
+    frozen batch norms otherwise see shifted inputs). Size and resizing stay the data's."""
+    from cnnzoo.importing import trained_input
+
+    trained = trained_input(card.model_name, init, report)
+    if trained is None or trained.spec.channels != card.input.channels:
+        return card
+    spec = dataclasses.replace(card.input, mean=trained.spec.mean, std=trained.spec.std)
+    if spec != card.input:
+        ddp.print0(f"normalised as the initial weights were trained: mean {list(spec.mean)} std {list(spec.std)} "
+                   f"(from {trained.source})", env=env)
+    return dataclasses.replace(card, input=spec)
 
 
 def load_recipe(path: str | Path) -> dict:
