@@ -310,7 +310,7 @@ def import_weights(
     if spec != published.spec:
         published = replace(published, source=f"{published.source}, with {sorted(preprocessing)} as stated",
                             top1=None)
-    extra = {"weights": weights.name, "preprocessing": published.source}
+    extra = {"pretrained": {"file": weights.name, "preprocessing": published.source, "top1": published.top1}}
     card = ModelCard(name, {"num_classes": count}, names, spec, extra=extra)
     save_checkpoint(out, card, model.state_dict(), epoch=0, step=0, best_metric=None, metrics={}, config={})
     return ImportReport(out, card, load, published, classes_source)

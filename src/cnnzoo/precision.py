@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnzoo.artifact import ModelCard
+from cnnzoo.artifact import ArtifactError, ModelCard
 from cnnzoo.errors import UserError
 from cnnzoo.images import fit_image, normalize, open_image, scan_image_folder
 
@@ -57,7 +57,10 @@ WEIGHTS_KEY = "weights"  # card.extra of a quantised export: "int8"; float files
 
 def stored_precision(card: ModelCard) -> str:
     """What a file's weights are: "int8" for a quantised export, else "fp32" (which also runs as bf16)."""
-    return card.extra.get(WEIGHTS_KEY, "fp32")
+    stored = card.extra.get(WEIGHTS_KEY, "fp32")
+    if stored not in ("fp32", "int8"):  # a card written elsewhere: one line, not a KeyError in a runtime
+        raise ArtifactError(f"the model card says its weights are {stored!r}: neither fp32 nor int8")
+    return stored
 
 
 def int8_card(card: ModelCard) -> ModelCard:
