@@ -2,8 +2,9 @@
 
 A value outside its range is refused with one line naming the option and the range ("--warmup must be >= 0, got
 -3"), before anything is built or written: ``TrainConfig.__post_init__`` checks TRAIN_OPTIONS (so the Python API
-is protected as much as the command line), ``load_data`` DATA_OPTIONS and ``split_data`` SPLIT_OPTIONS. NaN and
-infinities are never in range. Torch-free and dependency-free, so any layer (and `--help`) can import it.
+is protected as much as the command line), ``load_data`` DATA_OPTIONS, ``split_data`` SPLIT_OPTIONS and the service
+(``Limits``, ``create_app``, ``serve``) SERVE_OPTIONS. NaN and infinities are never in range. Torch-free and
+dependency-free, so any layer (and `--help`) can import it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,22 @@ from typing import NamedTuple
 
 from cnnzoo.errors import UserError
 
-__all__ = ["Range", "TRAIN_OPTIONS", "TRAIN_NEEDS", "DATA_OPTIONS", "SPLIT_OPTIONS", "check", "check_needs",
-           "describe"]
+__all__ = ["Range", "TRAIN_OPTIONS", "TRAIN_NEEDS", "DATA_OPTIONS", "SPLIT_OPTIONS", "SERVE_OPTIONS", "check",
+           "check_value", "check_needs", "describe"]
 
 
 class Range(NamedTuple):
     """The values an option takes: ``low`` .. ``high`` (None: unbounded), ``ends`` says which ends are allowed
-    ("[]" both, "[)" the lower only, "(]" the upper only, "()" neither), ``kind`` is int or float."""
+    ("[]" both, "[)" the lower only, "(]" the upper only, "()" neither), ``kind`` is int or float. ``flag`` is how
+    a message names the option (None: ``--name``); ``unit`` follows the bounds in it (" s": "> 0 s")."""
 
     low: float | None
     high: float | None
     ends: str
     kind: type
     about: str
+    flag: str | None = None
+    unit: str = ""
 
 
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed takes no more (torch and random would take more)
@@ -84,6 +88,24 @@ SPLIT_OPTIONS: dict[str, Range] = {
     "seed": TRAIN_OPTIONS["seed"],
 }
 
+# The service's numeric options (cnnzoo.serving: Limits' fields, create_app's and serve's arguments). A message names
+# the `cnnzoo serve` flag and the Python name; --max-body-mb is checked once converted to bytes.
+SERVE_OPTIONS: dict[str, Range] = {
+    "max_body_bytes": Range(1, None, "[]", int, "request body limit (413)", "--max-body-mb (max_body_bytes)", " byte"),
+    "max_pixels": Range(1, None, "[]", int, "pixels per image (413)", "--max-pixels (max_pixels)"),
+    "max_in_flight": Range(1, None, "[]", int, "requests served at once (429)", "--max-in-flight (max_in_flight)"),
+    "timeout_s": Range(0, None, "()", float, "deadline of one request (504)", "--timeout (timeout_s)", " s"),
+    "max_images": Range(1, None, "[]", int, "images per batch request (413)", "--max-images (max_images)"),
+    "batch_wait_ms": Range(0, None, "[]", float, "how long a micro-batch waits to fill",
+                           "--batch-wait-ms (batch_wait_ms)", " ms"),
+    "retry_after_s": Range(0, None, "[]", int, "the Retry-After of a 429", "retry_after_s", " s"),
+    "idle_timeout_s": Range(0, None, "()", float, "a connection without a request head is closed", "idle_timeout_s",
+                            " s"),
+    "port": Range(0, 65535, "[]", int, "TCP port (0: any free port)", "--port (port)"),
+    "max_batch": Range(1, None, "[]", int, "images per inference call", "--max-batch (max_batch)"),
+    "topk": Range(1, None, "[]", int, "classes per answer", "topk"),
+}
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -94,12 +116,12 @@ def _num(value) -> str:
 
 
 def describe(r: Range) -> str:
-    """The range in words: ">= 0", "> 0", "in [0, 1)"."""
+    """The range in words: ">= 0", "> 0 s", "in [0, 1)"."""
     if r.high is None:
-        return f"{'>=' if r.ends[0] == '[' else '>'} {_num(r.low)}"
+        return f"{'>=' if r.ends[0] == '[' else '>'} {_num(r.low)}{r.unit}"
     if r.low is None:
-        return f"{'<=' if r.ends[1] == ']' else '<'} {_num(r.high)}"
-    return f"in {r.ends[0]}{_num(r.low)}, {_num(r.high)}{r.ends[1]}"
+        return f"{'<=' if r.ends[1] == ']' else '<'} {_num(r.high)}{r.unit}"
+    return f"in {r.ends[0]}{_num(r.low)}, {_num(r.high)}{r.ends[1]}{r.unit}"
 
 
 def _inside(value: float, r: Range) -> bool:
@@ -108,14 +130,16 @@ def _inside(value: float, r: Range) -> bool:
     return above and below
 
 
-def _check_one(name: str, value, r: Range) -> None:
+def check_value(name: str, value, r: Range) -> None:
+    """Refuse, with one line naming the option and its range, a value outside ``r`` (None and lists included)."""
+    flag = r.flag or _flag(name)
     integer = isinstance(value, Integral) and not isinstance(value, bool)
     if r.kind is int and not integer:
-        raise UserError(f"{_flag(name)} must be a whole number {describe(r)}, got {value!r}")
+        raise UserError(f"{flag} must be a whole number {describe(r)}, got {value!r}")
     if not integer and not (isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)):
-        raise UserError(f"{_flag(name)} must be a finite number {describe(r)}, got {value!r}")
+        raise UserError(f"{flag} must be a finite number {describe(r)}, got {value!r}")
     if not _inside(value, r):
-        raise UserError(f"{_flag(name)} must be {describe(r)}, got {_num(value)}")
+        raise UserError(f"{flag} must be {describe(r)}, got {_num(value)}")
 
 
 def check(values: Mapping, table: Mapping[str, Range]) -> None:
@@ -126,7 +150,7 @@ def check(values: Mapping, table: Mapping[str, Range]) -> None:
         value = values.get(name)
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if item is not None:
-                _check_one(name, item, r)
+                check_value(name, item, r)
 
 
 def check_needs(values: Mapping, needs: list = TRAIN_NEEDS) -> None:

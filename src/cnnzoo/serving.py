@@ -32,8 +32,6 @@ import errno
 import http
 import importlib.resources
 import logging
-import math
-import numbers
 import os
 import secrets
 import socket
@@ -54,6 +52,7 @@ from starlette.exceptions import HTTPException
 
 from cnnzoo.errors import UserError
 from cnnzoo.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, UnsupportedFormat, open_image, preprocess
+from cnnzoo.options import SERVE_OPTIONS, check_value
 from cnnzoo.runtime import default_threads, softmax, top_classes
 
 __all__ = ["Limits", "create_app", "serve", "server_config", "DEFAULT_HOST", "DEFAULT_PORT"]
@@ -68,7 +67,8 @@ class Limits:
     """What one request may cost. Every field is logged at start-up and reported by GET /v1/model.
 
     Raises:
-        UserError: a field outside its range (_LIMIT_RANGES), naming the `cnnzoo serve` option that sets it.
+        UserError: a field outside its range (cnnzoo.options.SERVE_OPTIONS), naming the `cnnzoo serve` option that
+            sets it.
     """
 
     max_body_bytes: int = 10 * MB  # whole request body, multipart framing included (413)
@@ -83,10 +83,7 @@ class Limits:
     idle_timeout_s: float = 5.0
 
     def __post_init__(self):
-        for name, check in _LIMIT_RANGES.items():
-            value = getattr(self, name)
-            if not check.admits(value):
-                raise UserError(f"{check.option} must be {check.rule}, got {value!r}")
+        _check_options(**asdict(self))
 
     def describe(self) -> str:
         return (f"max body {self.max_body_bytes / MB:g} MB, max pixels {self.max_pixels:,}, "
@@ -95,55 +92,10 @@ class Limits:
                 f"idle connections closed after {self.idle_timeout_s:g} s")
 
 
-@dataclass(frozen=True)
-class _Range:
-    """The values a numeric option admits: integers or finite numbers from ``low`` (``low`` itself only when
-    ``closed``), up to ``high``."""
-
-    option: str  # how the user names it: the `cnnzoo serve` flag, and the Python name
-    low: float
-    closed: bool = True
-    integer: bool = True
-    high: float = math.inf
-    unit: str = ""
-
-    def admits(self, value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            return False
-        if self.integer and not isinstance(value, numbers.Integral):
-            return False
-        return (value >= self.low if self.closed else value > self.low) and value <= self.high
-
-    @property
-    def rule(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        bound = f"{'>=' if self.closed else '>'} {self.low:g}{self.unit}"
-        return f"{kind} {bound}" + (f" and <= {self.high:g}{self.unit}" if math.isfinite(self.high) else "")
-
-
-_LIMIT_RANGES = {
-    "max_body_bytes": _Range("--max-body-mb (max_body_bytes)", 1, unit=" byte"),
-    "max_pixels": _Range("--max-pixels (max_pixels)", 1),
-    "max_in_flight": _Range("--max-in-flight (max_in_flight)", 1),
-    "timeout_s": _Range("--timeout (timeout_s)", 0, closed=False, integer=False, unit=" s"),
-    "max_images": _Range("--max-images (max_images)", 1),
-    "batch_wait_ms": _Range("--batch-wait-ms (batch_wait_ms)", 0, integer=False, unit=" ms"),
-    "retry_after_s": _Range("retry_after_s", 0, unit=" s"),
-    "idle_timeout_s": _Range("idle_timeout_s", 0, closed=False, integer=False, unit=" s"),
-}
-_SERVE_RANGES = {
-    "port": _Range("--port (port)", 0, high=65535),  # 0: any free port
-    "max_batch": _Range("--max-batch (max_batch)", 1),
-    "topk": _Range("topk", 1),
-}
-
-
 def _check_options(**values) -> None:
-    """The service's own numeric options (port, max_batch, topk) against _SERVE_RANGES; one line each."""
+    """The service's numeric options (Limits' fields, port, max_batch, topk) against SERVE_OPTIONS; one line each."""
     for name, value in values.items():
-        check = _SERVE_RANGES[name]
-        if not check.admits(value):
-            raise UserError(f"{check.option} must be {check.rule}, got {value!r}")
+        check_value(name, value, SERVE_OPTIONS[name])
 
 
 class _BodyTooLarge(HTTPException):
@@ -292,7 +244,8 @@ class _Batcher:
 
 def _topk(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
     index = {name: i for i, name in enumerate(classes)}
-    return [{"class": name, "index": index[name], "probability": p} for name, p in top_classes(probs[None], classes, k)[0]]
+    (top,) = top_classes(probs[None], classes, k)
+    return [{"class": name, "index": index[name], "probability": p} for name, p in top]
 
 
 class _Service:
