@@ -170,7 +170,7 @@ class Gated:
         self.runtime, self.armed = runtime, armed
         self.entered, self.release = threading.Event(), threading.Event()
         self.batch_sizes: list[int] = []
-        for name in ("backend", "model_name", "classes", "input_size", "card", "spec"):
+        for name in ("backend", "precision", "model_name", "classes", "input_size", "card", "spec"):
             setattr(self, name, getattr(runtime, name))
 
     def logits(self, batch):
@@ -193,6 +193,35 @@ def test_readiness_waits_for_warm_up(files):
         assert app.state.service.ready.wait(30)
         assert c.get("/readyz").status_code == 200
         assert c.post("/v1/predict", content=files["png"]).status_code == 200
+
+
+def test_the_model_is_warmed_up_once(files, monkeypatch):
+    """serve() runs the model once on a test image before binding (a model it cannot run is refused in one line);
+    the app's background load then does not run it again. create_app on its own still warms up."""
+    import uvicorn
+
+    from cnnzoo import serving
+
+    opened = []
+
+    def open_counted(*args, **kwargs):
+        runtime, measured = open_model(*args, **kwargs)
+        opened.append(Gated(runtime))
+        return opened[-1], measured
+
+    def run(server):  # in place of listening: start the app as uvicorn would, until it is ready
+        with TestClient(server.config.app) as c:
+            assert server.config.app.state.service.ready.wait(30) and c.get("/readyz").status_code == 200
+
+    open_model = serving._open_model
+    monkeypatch.setattr(serving, "_open_model", open_counted)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    serving.serve(files["onnx"], port=0, backend="onnxruntime", log_level="warning")
+    assert opened[0].batch_sizes == [1]
+    direct = Gated(open_runtime(files["onnx"], "onnxruntime"))
+    app = create_app(direct)
+    with TestClient(app):
+        assert app.state.service.ready.wait(30) and direct.batch_sizes == [1]
 
 
 def test_in_flight_limit_and_deadline(files):

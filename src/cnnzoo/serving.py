@@ -265,6 +265,7 @@ class _Service:
         self.batcher: _Batcher | None = None
         self.explainer = None
         self.on_failure = None  # called when the model cannot be loaded (serve() stops the server)
+        self.warmed = False  # serve() ran the model before binding: loading does not run it again
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -277,7 +278,8 @@ class _Service:
             else:
                 self.runtime = self.model
             rt = self.runtime
-            _warm_up(rt)
+            if not self.warmed:
+                _warm_up(rt)
             self.explainer = self._explainer()
             log.info("model %s ready on %s in %.2f s", rt.model_name, rt.backend, time.perf_counter() - started)
         except Exception as err:
@@ -661,6 +663,7 @@ def serve(
     app = create_app(runtime, backend=backend, max_batch=max_batch, token=token, limits=limits)
     server = uvicorn.Server(server_config(app, host, port, limits, log_level))
     service = app.state.service
+    service.warmed = True
     # the model loads in the background (so /livez answers at once); a model that cannot load stops the server
     service.on_failure = lambda: setattr(server, "should_exit", True)
     server.run()
