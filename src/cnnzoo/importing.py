@@ -37,13 +37,18 @@ __all__ = ["Preprocessing", "ImportReport", "TIMM_EVAL", "import_weights", "publ
 IMAGENET = IMAGENET_MEAN, IMAGENET_STD
 INCEPTION = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # timm's IMAGENET_INCEPTION_MEAN / _STD: inputs in [-1, 1]
 
-# timm 1.0's pretrained configurations of its ImageNet-1k tags of the networks only timm releases weights of, each
+# timm 1.0's pretrained configurations of its ImageNet-1k tags of the networks only timm releases weights of (and
+# of Inception-v3, whose timm files load by torchvision's names: a timm path picks these rows), each
 # network's default tag first (timm/models/*.py default_cfgs): tag: (cnnzoo network, input side, crop_pct,
 # crop_mode, interpolation, (mean, std)). "center": the shorter side to floor(side / crop_pct), then the centre
 # crop; "squash" (crop_pct 1): straight to side x side, cnnzoo's "stretch". Left out: tf_efficientnetv2_b3's
 # in21k_ft_in1k (squash at crop_pct 0.9, which no cnnzoo policy is). tests/test_importing.py checks every row
 # against the installed timm.
 TIMM_EVAL: dict[str, tuple[str, int, float, str, str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "inception_v3.tv_in1k": ("inception_v3", 299, 0.875, "center", "bicubic", INCEPTION),
+    "inception_v3.tf_in1k": ("inception_v3", 299, 0.875, "center", "bicubic", INCEPTION),
+    "inception_v3.tf_adv_in1k": ("inception_v3", 299, 0.875, "center", "bicubic", INCEPTION),
+    "inception_v3.gluon_in1k": ("inception_v3", 299, 0.875, "center", "bicubic", IMAGENET),
     "inception_v4.tf_in1k": ("inception_v4", 299, 0.875, "center", "bicubic", INCEPTION),
     "inception_resnet_v2.tf_in1k": ("inception_resnet_v2", 299, 0.8975, "center", "bicubic", INCEPTION),
     "inception_resnet_v2.tf_ens_adv_in1k": ("inception_resnet_v2", 299, 0.8975, "center", "bicubic", INCEPTION),
