@@ -492,6 +492,17 @@ def test_read_weights_checks_the_crcs_of_any_weights_file(tmp_path):
         read_weights(plain)
 
 
+def test_a_file_that_is_no_pickle_is_named_corrupt_with_its_reason_not_a_refused_global(tmp_path):
+    # An .onnx handed to evaluate/explain/--init: a protobuf, whose first byte (0x08) is no pickle opcode.
+    # torch's WeightsUnpickler message then carries its reason on a later line ("\n\nUnsupported operand 8").
+    onnx_like = tmp_path / "model.onnx"
+    onnx_like.write_bytes(b"\x08\x07\x12\x07pytorch")
+    with pytest.raises(CheckpointError) as err:
+        read_weights(onnx_like)
+    message = str(err.value)
+    assert "Unsupported operand" in message and "may run code" not in message, message
+
+
 def test_a_checkpoint_pickle_that_runs_code_never_runs_in_the_training_commands(tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"

@@ -151,10 +151,12 @@ def _load_failure(err: Exception) -> str:
     """One line for a failed torch.load: the refused global of a pickle that wants to run something (torch's
     message buries it under advice to load the file unsafely), else the first line of the error."""
     text = str(err)
-    refused = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\n|$)", text)
-    if refused:
-        return f"{refused.group(1)} (nothing was run; a file that needs it may run code when unpickled)"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    # The unpickler's reason may start on a later line ("WeightsUnpickler error: \n\nUnsupported operand 8" for
+    # a file that is no pickle at all, such as an .onnx); only a refused global is a pickle that wants to run code.
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", text)
+    if reason and "global" in reason.group(1).lower():
+        return f"{reason.group(1)} (nothing was run; a file that needs it may run code when unpickled)"
+    first = reason.group(1) if reason else next((line.strip() for line in text.splitlines() if line.strip()), "")
     sentence = ANSI_STYLE.sub("", first).split(". ")[0][:200]
     return f"truncated or corrupt? ({type(err).__name__}: {sentence})"  # KeyError('101') means little alone
 
