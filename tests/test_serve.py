@@ -224,6 +224,30 @@ def test_the_model_is_warmed_up_once(files, monkeypatch):
         assert app.state.service.ready.wait(30) and direct.batch_sizes == [1]
 
 
+class FirstClasses(Gated):
+    """The runtime restricted to its first ``n`` classes: a model with fewer classes than the default top-k."""
+
+    def __init__(self, runtime, n: int):
+        super().__init__(runtime)
+        self.classes, self.n = runtime.classes[:n], n
+
+    def logits(self, batch):
+        return super().logits(batch)[:, : self.n]
+
+
+def test_fewer_classes_than_topk(files):
+    """A 3-class model with the default top-5 (and the web page's ?topk=5): every class, as `cnnzoo predict` gives
+    them, not a 422 for every request. Below 1 is still refused."""
+    app = create_app(FirstClasses(open_runtime(files["onnx"], "onnxruntime"), 3))
+    with TestClient(app) as c:
+        assert app.state.service.ready.wait(30)
+        for query in ("", "?topk=5", "?topk=3"):
+            response = c.post("/v1/predict" + query, content=files["png"])
+            assert response.status_code == 200, response.text
+            assert [p["index"] for p in sorted(response.json()["predictions"], key=lambda p: p["index"])] == [0, 1, 2]
+        assert c.post("/v1/predict?topk=0", content=files["png"]).json()["error"]["message"] == "topk must be >= 1, got 0"
+
+
 def test_in_flight_limit_and_deadline(files):
     gated = Gated(open_runtime(files["onnx"], "onnxruntime"))
     app = create_app(gated, limits=Limits(max_in_flight=1, timeout_s=0.5))
