@@ -188,6 +188,23 @@ def test_open_runtime_errors(models, tmp_path, monkeypatch):
         open_runtime(models["xml"], "openvino")
 
 
+def test_openvino_load_failures_name_their_cause_in_one_line(models, tmp_path, capfd):
+    # OpenVINO's message starts with "Exception from src/inference/src/cpp/core.cpp:84:", its cause comes last;
+    # and a file it cannot read is offered to every frontend, whose TensorFlow parser logs to the C stderr.
+    lone = tmp_path / "lone.xml"
+    lone.write_bytes(models["xml"].read_bytes())  # copied without its model.bin
+    (tmp_path / "page.xml").write_text("<html><body>not a network</body></html>\n")
+    (tmp_path / "garbage.onnx").write_text("hi\nthere\n")
+    cases = [(lone, "lone.bin"), (tmp_path / "page.xml", "page.xml: not an OpenVINO IR"),
+             (tmp_path / "garbage.onnx", "garbage.onnx: not a loadable ONNX model")]
+    for path, cause in cases:
+        with pytest.raises(UserError) as err:
+            open_runtime(path, "openvino")
+        message = str(err.value)
+        assert cause in message and "core.cpp" not in message and "\n" not in message, message
+    assert "tensorflow" not in capfd.readouterr().err
+
+
 def test_metadata_must_match_the_graph(models, tmp_path):
     proto = onnx.load(str(models["onnx"]))
     meta = json.loads(next(p.value for p in proto.metadata_props if p.key == META_KEY))

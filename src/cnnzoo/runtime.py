@@ -291,11 +291,7 @@ class OpenVINORuntime(Runtime):
     def __init__(self, path: str | Path, threads: int | None = None, precision: str = "auto"):
         ov = _import("openvino")
         core = ov.Core()
-        try:
-            model = core.read_model(str(path))
-        except RuntimeError as err:
-            kind = "OpenVINO IR" if str(path).endswith(".xml") else "ONNX model"
-            raise UserError(f"{path}: not a loadable {kind} ({str(err).strip().splitlines()[0][:200]})") from None
+        model = _read_ov_model(ov, Path(path))
         super().__init__(path, ModelCard.from_json(_ov_meta(model), str(path)))
         self._set_precision(precision)
         shape = model.inputs[0].get_partial_shape()
@@ -321,6 +317,35 @@ class OpenVINORuntime(Runtime):
             # copied before the request is reused.
             self._request.infer({0: batch}, share_inputs=True, share_outputs=True)
             return self._request.get_output_tensor(0).data.copy()
+
+
+# Each kind of file read by its own frontend: OpenVINO's read_model offers a file it cannot parse to every frontend,
+# and the TensorFlow one logs its parse errors to the process's stderr, around the one-line error.
+_OV_FILES = {".xml": ("OpenVINO IR", "ir"), ".onnx": ("ONNX model", "onnx")}
+
+
+def _read_ov_model(ov, path: Path):
+    """The ov.Model of an IR (.xml + .bin) or an .onnx; a UserError naming the cause for a file that is neither."""
+    kind, framework = _OV_FILES.get(path.suffix, _OV_FILES[".onnx"])
+    if framework == "ir":
+        with open(path, "rb") as f:
+            if b"<net" not in f.read(4096):  # the IR frontend would read another XML as a network without layers
+                raise UserError(f"{path}: not an OpenVINO IR (no <net> element)")
+    try:
+        frontend = ov.frontend.FrontEndManager().load_by_framework(framework)
+        return frontend.convert(frontend.load(str(path)))
+    except Exception as err:  # RuntimeError, GeneralFailure, OpConversionFailure: all mean an unusable file
+        weights = path.with_suffix(".bin")
+        cause = _ov_cause(err) if framework == "onnx" or weights.is_file() else f"{weights} is missing"
+        raise UserError(f"{path}: not a loadable {kind} ({cause})") from None
+
+
+def _ov_cause(err: Exception) -> str:
+    """The last line of an OpenVINO error: the cause, after its chain of "Exception from FILE:LINE:" and
+    "Check '...' failed at FILE:LINE:" locations."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("Exception from ", "Check '", "FrontEnd API failed"))]
+    return (causes[-1] if causes else type(err).__name__)[:200]
 
 
 # OpenVINO's CPU plugin computes in bf16 by itself on CPUs with AMX/AVX512-BF16 (logits move by ~1e-2): fp32 asks
