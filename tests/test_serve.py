@@ -96,6 +96,17 @@ def test_batch_endpoint(client, files):
     assert results[0]["predictions"] == results[1]["predictions"]
 
 
+def test_too_many_images_is_the_documented_status(client, files):
+    """More file parts than --max-images is the 413 the limits promise (not the multipart parser's own 400); two
+    images to /v1/predict point to the batch endpoint."""
+    parts = [("files", (f"{i}.png", files["png"], "image/png")) for i in range(33)]
+    error = client.post("/v1/predict/batch", files=parts).json()["error"]
+    assert error["status"] == 413 and error["message"] == "more than 32 images in one request (--max-images)"
+    error = client.post("/v1/predict", files=parts[:2]).json()["error"]
+    assert error["status"] == 422 and "/v1/predict/batch" in error["message"]
+    assert client.post("/v1/predict/batch", files=parts[:32]).status_code == 200
+
+
 def test_model_card_and_probes(client):
     card = client.get("/v1/model").json()
     assert card["name"] == "lenet5_relu" and card["backend"] == "onnxruntime" and card["num_classes"] == 10

@@ -433,19 +433,23 @@ _IMAGE_STATUS = ((ImageTooLarge, 413), (UnsupportedFormat, 415), (ImageError, 42
 
 async def _read_uploads(request: Request, limits: Limits, many: bool) -> list[tuple[str, bytes]]:
     """The image(s) of a request: multipart file parts, or (single image) the raw body."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if many:
+            raise HTTPException(415, "send several images as multipart/form-data file parts (field 'files')")
+        return [("<request body>", await request.body())]
+    try:
         form = await request.form(max_files=limits.max_images if many else 1, max_fields=16)
-        uploads = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
-        await form.close()
-        if not uploads:
-            raise HTTPException(422, "the multipart form has no file part (send the image as field 'file')")
-    elif many:
-        raise HTTPException(415, "send several images as multipart/form-data file parts (field 'files')")
-    else:
-        uploads = [("<request body>", await request.body())]
-    if len(uploads) > limits.max_images:
-        raise HTTPException(413, f"{len(uploads)} images in one request exceeds the limit of {limits.max_images}")
+    except HTTPException as err:  # starlette's 400, raised at the first file part past max_files
+        if not str(err.detail).startswith("Too many files"):
+            raise
+        if many:
+            raise HTTPException(413, f"more than {limits.max_images} images in one request (--max-images)") from None
+        raise HTTPException(422, "/v1/predict takes one image: send several to /v1/predict/batch") from None
+    uploads = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+    await form.close()
+    if not uploads:
+        field = "s as file parts (field 'files')" if many else " as field 'file'"
+        raise HTTPException(422, f"the multipart form has no file part (send the image{field})")
     return uploads
 
 
