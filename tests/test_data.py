@@ -207,6 +207,14 @@ def test_imagefolder_crops_repeat_per_seed_and_position(tmp_path):
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first[1:], again))
 
 
+def test_imagefolder_with_an_impossible_channel_count_names_it_not_every_image(tmp_path, capsys):
+    # Images are read as RGB or grey: asking for 2 channels once called every good image "unreadable".
+    _tree(tmp_path)
+    with pytest.raises(UserError, match="channels must be 1 or 3, not 2"):
+        load_data("imagefolder", tmp_path, input_size=(2, 16, 16))
+    assert "unreadable" not in capsys.readouterr().err
+
+
 def test_imagefolder_bad_layouts(tmp_path):
     with pytest.raises(UserError, match="no such data folder"):
         load_data("imagefolder", tmp_path / "missing")

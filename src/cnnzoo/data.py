@@ -718,6 +718,9 @@ def _folder_kind(decoded: dict[str, _Decoded], input_size: tuple[int, int, int])
 def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, options: dict) -> Data:
     if not root.is_dir():
         raise UserError(f"no such data folder: {root}")
+    # The contract is checked before decoding: images read at an impossible channel count (2) all fail to decode,
+    # which would blame every image instead of the input size.
+    photo_spec(input_size)
     decoded: dict[str, _Decoded] = {}
     classes: list[str] = []
     budget = [FOLDER_CACHE_BYTES]
