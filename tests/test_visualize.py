@@ -148,3 +148,12 @@ def test_cli_explain_visualizations(lenet, tmp_path, capsys):
                          (["--method", "gradcam"], "give IMAGE")):
         assert main(["explain", str(ckpt), *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_cli_top_activations_reports_the_unreadable_files_it_skipped(lenet, tmp_path, capsys):
+    # The image folder holds broken.png beside 12 good images: the figure is drawn, and the skip is said.
+    ckpt, images = lenet
+    args = ["explain", str(ckpt), "--method", "top-activations", "--data", str(images), "--layer", "features.c1"]
+    assert main([*args, "--maps", "1", "--top", "1", "--out", str(tmp_path / "top.png")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipped 1 unreadable image(s) in {images}" in err and "broken.png" in err, err

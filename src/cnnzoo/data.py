@@ -52,7 +52,7 @@ from cnnzoo.augment import SMALL_SIDE, Augmentation, augment_images, image_trans
 from cnnzoo.choices import DATASETS
 from cnnzoo.artifact import InputSpec, ModelCard, photo_spec, resolve_input_size
 from cnnzoo.errors import UserError
-from cnnzoo.images import fit_image, fit_images, open_image, preprocess, scan_image_folder
+from cnnzoo.images import fit_image, fit_images, open_image, preprocess, scan_image_folder, skipped_warning
 from cnnzoo.options import DATA_OPTIONS, SPLIT_OPTIONS, check
 
 __all__ = ["DATASETS", "Data", "TensorSplit", "FolderSplit", "load_data", "load_data_for", "split_data", "mix_seed"]
@@ -731,11 +731,10 @@ def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, opt
         classes = part_classes
         decoded[part] = found = _check_images(samples, input_size[0], budget)
         if found.bad:
-            bad = found.bad
-            names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            message = skipped_warning(found.bad, root / part)
             if strict:
-                raise UserError(f"{len(bad)} unreadable image(s) in {root / part}: {names}")
-            print(f"warning: skipped {len(bad)} unreadable image(s) in {root / part}: {names}", file=sys.stderr)
+                raise UserError(message.removeprefix("skipped "))
+            print(f"warning: {message}", file=sys.stderr)
         if not found.samples:
             raise UserError(f"no readable image in {root / part}")
     spec, aug_defaults, cached = _folder_kind(decoded, input_size)

@@ -17,6 +17,7 @@ Torch-free (PIL + numpy), so the ONNX Runtime / OpenVINO paths and the service n
         (fit_image: channels, resize policy, centre crop or pad) then normalize; for the "crop" policy this is
         torchvision's eval preset (Resize -> CenterCrop -> ToTensor -> Normalize) value for value.
     scan_image_folder(root) -> the one class-per-folder scanner (training, evaluation, calibration, split-data).
+    skipped_warning(files, folder) -> the one line reporting the unreadable files a pass over a folder skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import io
 import os
 import struct
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,6 +53,7 @@ __all__ = [
     "preprocess",
     "image_files",
     "scan_image_folder",
+    "skipped_warning",
 ]
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF"})
@@ -364,3 +367,9 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
             raise UserError(f"class folder {root / name} holds no images")
         samples += [(str(p), label) for p in files]
     return classes, samples
+
+
+def skipped_warning(skipped: Sequence[str], folder: str | os.PathLike, shown: int = 5) -> str:
+    """The one line that reports the unreadable files a pass over a folder skipped: their count and the first few."""
+    names = ", ".join(map(str, skipped[:shown])) + (f" and {len(skipped) - shown} more" if len(skipped) > shown else "")
+    return f"skipped {len(skipped)} unreadable image(s) in {folder}: {names}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cnnzoo.errors import UserError
@@ -14,9 +15,13 @@ VISUALIZATIONS = ("top-activations", "filters")  # about the network, over a fol
 
 
 def _top_activations(args: argparse.Namespace):
+    from cnnzoo.images import skipped_warning
     from cnnzoo.visualize import top_activations
 
-    return top_activations(args.checkpoint, args.data, layer=args.layer, maps=args.maps, top=args.top)
+    result = top_activations(args.checkpoint, args.data, layer=args.layer, maps=args.maps, top=args.top)
+    if result.skipped:  # the figure is drawn from the others, and its title counts only those
+        print(f"warning: {skipped_warning(result.skipped, args.data)}", file=sys.stderr)
+    return result
 
 
 def _filters(args: argparse.Namespace):
