@@ -157,3 +157,21 @@ def test_cli_top_activations_reports_the_unreadable_files_it_skipped(lenet, tmp_
     assert main([*args, "--maps", "1", "--top", "1", "--out", str(tmp_path / "top.png")]) == 0
     err = capsys.readouterr().err
     assert f"warning: skipped 1 unreadable image(s) in {images}" in err and "broken.png" in err, err
+
+
+def test_a_field_wider_than_the_input_shows_the_input_not_a_speck_in_padding(tmp_path):
+    # resnet20's layer3 at 32x32: every position's 81-px field (start -40, jump 4) covers the whole image, so the
+    # patch is the image itself; cut at the field, it was the image as 32 of 81 px in a black tile.
+    torch.manual_seed(0)
+    card = ModelCard("resnet20", {"num_classes": 3}, ("a", "b", "c"), InputSpec(3, 32, 32, (0.0,) * 3, (1.0,) * 3,
+                                                                                   "stretch"))
+    save_checkpoint(tmp_path / "r20.pt", card, create_model("resnet20", num_classes=3).state_dict())
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / "0.png")
+    result = top_activations(tmp_path / "r20.pt", tmp_path / "images", layer="layer3", maps=1, top=1)
+    assert result.rf == (81, 81)
+    hit = next(iter(result.hits.values()))[0]
+    assert hit.box == (0, 0, 32, 32) and hit.reconstruction.shape == (32, 32, 3)
+    np.testing.assert_allclose(hit.patch, pixels / 255, atol=1e-6)

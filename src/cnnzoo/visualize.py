@@ -140,7 +140,8 @@ class Hit:
     image: str  # the file
     value: float  # the activation
     position: tuple[int, int]  # (y, x) in the layer's map
-    box: tuple[int, int, int, int]  # the receptive field in the network's input: top, left, height, width
+    box: tuple[int, int, int, int]  # the receptive field in the network's input (top, left, height, width), the
+    # whole input on an axis where every position's field covers it (_spans_input)
     reconstruction: np.ndarray  # h x w x C, the deconvnet projection cropped to ``box``, stretched to [0, 1]
     patch: np.ndarray  # h x w x C, the network's input in ``box``, de-normalised to [0, 1] (zeros outside)
 
@@ -205,8 +206,9 @@ class _ChannelProbe(nn.Module):
             handle.remove()
 
 
-def _field(model: nn.Module, input_size, layer: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """(RF, jump, start) of the layer's output: its last row in the summary (a module's output is its last row)."""
+def _field(model: nn.Module, input_size, layer: str) -> tuple[tuple[int, int], ...]:
+    """(RF, jump, start, positions) of the layer's output: its last row in the summary (a module's output is its last
+    row); positions: the map's (H, W)."""
     from cnnzoo.summary import summarize
 
     rows = [r for r in summarize(model, tuple(input_size)).rows
@@ -214,7 +216,14 @@ def _field(model: nn.Module, input_size, layer: str) -> tuple[tuple[int, int], t
     if not rows:
         raise UserError(f"layer {layer!r} does not run in an inference pass")
     row = rows[-1]
-    return tuple(row.rf), tuple(row.jump), tuple(row.rf_start)
+    return tuple(row.rf), tuple(row.jump), tuple(row.rf_start), tuple(row.out_shape[-2:])
+
+
+def _spans_input(start: int, rf: int, jump: int, positions: int, extent: int) -> bool:
+    """Whether on this axis the field of every position of the map covers the whole input. The patches then show
+    the input on that axis, not a field that is mostly padding (ResNet-18's last map sees 435 px of a 64 px input,
+    which drew the image as a speck in a black tile); every patch of a map keeps one size either way."""
+    return start + (positions - 1) * jump <= 0 and start + rf >= extent
 
 
 def _scan(model: nn.Module, module: nn.Module, files: list[Path], spec, skipped: list[str]
@@ -259,7 +268,7 @@ def _crop(array: np.ndarray, top: int, left: int, height: int, width: int) -> np
     return out.transpose(1, 2, 0)
 
 
-def _hit(model, module, channel: int, path: Path, value: float, spec, rf, jump, start) -> Hit:
+def _hit(model, module, channel: int, path: Path, value: float, spec, rf, jump, start, spans) -> Hit:
     from cnnzoo.explanation import explain
 
     x = preprocess(open_image(path, channels=spec.channels), spec)
@@ -267,7 +276,9 @@ def _hit(model, module, channel: int, path: Path, value: float, spec, rf, jump, 
         warnings.simplefilter("ignore")
         result = explain(_ChannelProbe(model, module, channel), x, method="deconvnet", layer="probe")
     y, xx = result.neuron[-2:]
-    box = (start[0] + y * jump[0], start[1] + xx * jump[1], rf[0], rf[1])
+    top, left = start[0] + y * jump[0], start[1] + xx * jump[1]
+    box = (0 if spans[0] else top, 0 if spans[1] else left, spec.height if spans[0] else rf[0],
+           spec.width if spans[1] else rf[1])
     mean, std = np.asarray(spec.mean, np.float32)[:, None, None], np.asarray(spec.std, np.float32)[:, None, None]
     shown = np.clip(x * std + mean, 0, 1)
     return Hit(str(path), value, (int(y), int(xx)), box, _stretch(_crop(result.map, *box)), _crop(shown, *box))
@@ -299,7 +310,8 @@ def top_activations(source: str | Path | Checkpoint, data: str | Path, layer: st
     name, module = resolve_layer(model, layer)
     result = TopActivations(ckpt.card.model_name, name, (0, 0), (0, 0), 0)
     values, kept = _scan(model, module, files, spec, result.skipped)
-    result.rf, result.jump, start = _field(model, spec.size, name)
+    result.rf, result.jump, start, positions = _field(model, spec.size, name)
+    spans = tuple(_spans_input(start[a], result.rf[a], result.jump[a], positions[a], spec.size[1 + a]) for a in (0, 1))
     result.images = len(kept)
     if channels is None:
         channels = sorted(np.argsort(-values.max(0), kind="stable")[:maps].tolist())
@@ -307,6 +319,6 @@ def top_activations(source: str | Path | Checkpoint, data: str | Path, layer: st
         raise UserError(f"channels must lie in 0..{values.shape[1] - 1}, not {channels}")
     for c in channels:
         order = np.argsort(-values[:, c], kind="stable")[:top]
-        result.hits[c] = [_hit(model, module, c, kept[i], float(values[i, c]), spec, result.rf, result.jump, start)
-                          for i in order]
+        result.hits[c] = [_hit(model, module, c, kept[i], float(values[i, c]), spec, result.rf, result.jump, start,
+                               spans) for i in order]
     return result
