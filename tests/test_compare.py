@@ -260,6 +260,12 @@ def test_cli_compare_and_chart_runs(runs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(runs[0]), "resnet18"]) == 2
     assert "not both" in capsys.readouterr().err
+    # A mistyped run folder beside real ones: the message names it, for both commands.
+    missing = tmp_path / "no-such-run"
+    for command in ("compare", "chart"):
+        assert main([command, *map(str, runs), str(missing)]) == 2
+        err = capsys.readouterr().err
+        assert f"{missing}: not a run folder" in err and str(runs[0]) not in err, err
 
 
 # ------------------------------------------------------------------------------------------------ docs

@@ -499,6 +499,18 @@ def is_run(path: str | Path) -> bool:
     return (Path(path) / "metrics.jsonl").is_file()
 
 
+def _all_runs(targets: Sequence[str], command: str) -> bool:
+    """Whether every target is a run folder (False: all are model names or patterns). A mixture is refused, naming
+    the targets that are not runs: most often a mistyped run folder among real ones."""
+    others = [t for t in targets if not is_run(t)]
+    if targets and not others:
+        return True
+    if len(others) < len(targets):
+        raise UserError(f"{', '.join(others)}: not a run folder (one holds metrics.jsonl); {command} either run "
+                        "folders or model names, not both")
+    return False
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run folder written by ``cnnzoo.fit``.
 
@@ -623,11 +635,8 @@ def compare(targets: Sequence[str], **kwargs) -> Comparison | RunComparison:
     Raises:
         UserError: run folders mixed with model names.
     """
-    kinds = [is_run(t) for t in targets]
-    if targets and all(kinds):
+    if _all_runs(targets, "compare"):
         return compare_runs(targets, **{k: v for k, v in kwargs.items() if k == "curves"})
-    if any(kinds):
-        raise UserError("compare either run folders or model names, not both")
     return compare_models(targets or ["*"], **{k: v for k, v in kwargs.items() if k != "curves"})
 
 
@@ -642,14 +651,12 @@ def chart_points(targets: Sequence[str] = (), progress: bool = False) -> tuple[l
     top-1."""
     from cnnzoo.plots import ChartPoint
 
-    if targets and all(is_run(t) for t in targets):
+    if _all_runs(targets, "chart"):
         result = compare_runs(targets, curves=None)
         points = [ChartPoint(row.run, row.macs, row.best_top1, row.params, model_info(row.model).family)
                   for row in result.rows if row.macs is not None]
         note = "Best validation top-1 of each run (its own data set); MACs at the run's input size."
         return points, "Best validation top-1 of the runs against compute", note
-    if any(is_run(t) for t in targets):
-        raise UserError("chart either run folders or model names, not both")
     names = [n for n in _resolve_names(targets or ["*"]) if published(n) and published(n).top1 is not None]
     if not names:
         raise UserError("none of these networks has a published top-1")
