@@ -296,6 +296,18 @@ def test_prediction_formats():
     assert not bad.ok and bad.to_dict() == {"path": "y.jpg", "error": "y.jpg: not an image"}
 
 
+def test_csv_goes_into_a_new_folder_as_every_other_output_does(tmp_path):
+    # explain --out, evaluate --out, export --out and plot --out create their folder; --csv failed after the
+    # whole prediction had run, with "no such file".
+    import csv
+
+    results = [Prediction("x.png", [("cat", 0.75), ("dog", 0.25)]), Prediction("y.jpg", error="y.jpg: not an image")]
+    out = cnnzoo.prediction.write_csv(results, tmp_path / "new" / "deeper" / "p.csv")
+    rows = list(csv.reader(out.open()))
+    assert rows == [["path", "class_1", "probability_1", "class_2", "probability_2", "error"],
+                    ["x.png", "cat", "0.750000", "dog", "0.250000", ""], ["y.jpg", "", "", "", "", "y.jpg: not an image"]]
+
+
 def test_default_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert rt.default_threads() == 3

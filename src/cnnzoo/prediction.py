@@ -154,6 +154,7 @@ def write_csv(results: Sequence[Prediction], path: str | Path) -> Path:
     the image was read)."""
     k = max((len(r.topk) for r in results), default=0)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # as every other output file of cnnzoo
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", *(f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")), "error"])
