@@ -428,6 +428,16 @@ def test_window_columns_show_a_depthwise_convolution():
     assert line.split()[:7] == [dw.name, "Conv2d", "96x56x56", "3", "2", "1", "96"]
 
 
+def test_tensorflow_same_padding_shows_the_pixels_before():
+    # TF "SAME" pads max((ceil(n/s) - 1) s + k - n, 0) in all, the odd pixel after; the column shows the pixels
+    # before, as a symmetric convolution's own padding. Worked by hand: a 3x3 stride-2 stem on 224 pads 1 in all
+    # (0 before), on 225 pads 2 (1 before); the 5x5 stride-2 depthwise on 56 pads 3 (1 before).
+    model = _meta(create_model, "tf_efficientnet_b0")
+    padding = {size: {r.name: r.padding for r in summarize(model, (3, size, size)).rows} for size in (224, 225)}
+    assert padding[224]["features.0.0"] == (0, 0) and padding[225]["features.0.0"] == (1, 1)
+    assert padding[224]["features.3.0.block.1.0"] == (1, 1)
+
+
 def test_placeholders_are_not_listed():
     model = _meta(create_model, "resnet50")
     s = summarize(model, (3, 224, 224))

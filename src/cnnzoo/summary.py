@@ -438,6 +438,8 @@ class _Tracer(TorchFunctionMode):
         if not tagged or not outs:
             return out
         window = _window(name, args, kwargs, outs[0])
+        if name == "pad":
+            self.state.record_pad(args[1])
         op = _OP_NAMES.get(name, name.strip("_"))
         new = _propagate(name, args, tagged, outs[0], window)._replace(op=op)
         for t in outs:
@@ -466,6 +468,7 @@ class _State:
         self.leaf_ops = 0  # traced torch functions run by the current leaf
         self.leaf_macs = 0
         self.leaf_window: _Window | None = None
+        self.leaf_pad = (0, 0)  # explicit padding before the current leaf's window (TensorFlow's SAME), per axis
         self.last: torch.Tensor | None = None  # the tensor the last row shows
         self.last_module = ""
 
@@ -482,7 +485,7 @@ class _State:
         self.called.add(id(module))
         self.last_module = self.names.get(id(module), "")
         if self.is_leaf(module):
-            self.leaf_ops, self.leaf_macs, self.leaf_window = 0, 0, None
+            self.leaf_ops, self.leaf_macs, self.leaf_window, self.leaf_pad = 0, 0, None, (0, 0)
 
     def leave(self, module: nn.Module, inputs: tuple, output) -> None:
         self.stack.pop()
@@ -497,9 +500,18 @@ class _State:
             op = getattr(t, _TAG, _INPUT).op  # the merge that made the module's output, which no row shows yet
             self.add(name or op, f"F.{op}", t, 0, 0, None, module)
 
+    def record_pad(self, pads) -> None:
+        """F.pad inside a leaf (layers.Conv2dSame): its row's pad column shows the padding before, as a
+        convolution's own padding would."""
+        if self.stack and self.is_leaf(self.stack[-1]):
+            pads = list(pads)  # (left, right, top, bottom, ...): the last axis first
+            self.leaf_pad = (pads[2] if len(pads) > 2 else 0, pads[0] if pads else 0)
+
     def record_function(self, op: str, macs: int, window: _Window | None, params: list, out: torch.Tensor) -> None:
         self.total_macs += macs
         if self.stack and self.is_leaf(self.stack[-1]):
+            if window is not None and self.leaf_pad != (0, 0):
+                window = window._replace(padding=tuple(p + q for p, q in zip(window.padding, self.leaf_pad)))
             self.leaf_ops += 1
             self.leaf_macs += macs
             self.leaf_window = window or self.leaf_window
