@@ -149,6 +149,7 @@ def test_open_runtime_errors(models, tmp_path, monkeypatch):
         (models["onnx"], "torch", "cannot run .*model.onnx, which is an ONNX model: use --backend onnxruntime or openvino"),
         (models["xml"], "onnxruntime", "which is an OpenVINO IR: use --backend openvino"),
         (models["pt"], "onnxruntime", "which is a PyTorch checkpoint: export it first"),
+        (models["ts"], "openvino", "which is a TorchScript program: use --backend torch"),
     ]
     (tmp_path / "model.h5").write_bytes(b"\x89HDF")
     cases.append((tmp_path / "model.h5", "auto", "unknown model file type '.h5'"))

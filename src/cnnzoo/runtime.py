@@ -406,6 +406,8 @@ def _available(backend: str) -> bool:
 
 
 def _kind(path: Path) -> str:
+    if path.suffix in CHECKPOINT_SUFFIXES and is_torchscript(path):
+        return "torchscript"
     if path.is_dir() or path.suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
     if path.suffix == ".onnx":
@@ -419,8 +421,13 @@ def _kind(path: Path) -> str:
 
 
 # The backends each kind of file can run on, fastest on CPU first: the order "auto" tries them in.
-_RUNS_ON = {"checkpoint": ("torch",), "onnx": ("onnxruntime", "openvino"), "openvino-ir": ("openvino",)}
-_KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "onnx": "an ONNX model", "openvino-ir": "an OpenVINO IR"}
+_RUNS_ON = {"checkpoint": ("torch",), "torchscript": ("torch",), "onnx": ("onnxruntime", "openvino"),
+            "openvino-ir": ("openvino",)}
+_KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript program", "onnx": "an ONNX model",
+               "openvino-ir": "an OpenVINO IR"}
+# What to do instead, for a file the chosen backend cannot run (default: name the backends that can).
+_HINTS = {"checkpoint": "export it first (cnnzoo export CKPT --format onnx), or use --backend torch",
+          "torchscript": "use --backend torch (with --trust-torchscript), or export the checkpoint to ONNX"}
 
 
 def open_runtime(
@@ -462,9 +469,7 @@ def open_runtime(
         recorded = _recorded_backend(path) if kind == "onnx" and precision == "auto" else None
         backend = recorded if recorded in installed else installed[0]
     elif backend not in candidates:
-        hint = f"use --backend {' or '.join(candidates)}"
-        if kind == "checkpoint":
-            hint = "export it first (cnnzoo export CKPT --format onnx), or use --backend torch"
+        hint = _HINTS.get(kind, f"use --backend {' or '.join(candidates)}")
         raise UserError(f"the {backend} backend cannot run {path}, which is {_KIND_NAMES[kind]}: {hint}")
     if backend == "torch":
         return TorchRuntime(path, precision, trust_torchscript=trust_torchscript)
