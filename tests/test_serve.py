@@ -445,6 +445,18 @@ def test_a_model_that_cannot_load_stops_the_server(tmp_path):
     assert f"cnnzoo serve: error: cannot serve {bad}" in result.stderr and "not a loadable ONNX model" in result.stderr
 
 
+def test_a_model_refused_is_named_once(tmp_path, capsys):
+    """The refusal names the file once: "cannot serve X: unknown model file type", not "cannot serve X: X: ..."."""
+    from cnnzoo.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    assert main(["serve", str(notes), "--port", "0"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"cnnzoo serve: error: cannot serve {notes}: unknown model file type") and line.count(
+        str(notes)) == 1, line
+
+
 @pytest.mark.parametrize("parser", ["httptools", "h11"])
 def test_half_open_connections_closed_on_either_http_parser(files, monkeypatch, parser):
     """The service runs on uvicorn's httptools protocol when httptools is installed (cnnzoo[serve]), else on h11;

@@ -448,8 +448,8 @@ async def _read_uploads(request: Request, limits: Limits, many: bool) -> list[tu
     uploads = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
     await form.close()
     if not uploads:
-        field = "s as file parts (field 'files')" if many else " as field 'file'"
-        raise HTTPException(422, f"the multipart form has no file part (send the image{field})")
+        field = "images as file parts named 'files'" if many else "image as field 'file'"
+        raise HTTPException(422, f"the multipart form has no file part (send the {field})")
     return uploads
 
 
@@ -654,7 +654,7 @@ def serve(
         runtime, measured = _open_model(model, backend, precision, trust_torchscript, max_batch)
         _warm_up(runtime)
     except UserError as err:
-        raise UserError(f"cannot serve {model}: {err}") from None
+        raise _cannot_serve(model, err) from None
     _check_bindable(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("cnnzoo serve %s on http://%s:%d (backend %s, precision %s, max batch %d, token %s)", model, host, port,
@@ -672,7 +672,12 @@ def serve(
     service.on_failure = lambda: setattr(server, "should_exit", True)
     server.run()
     if service.failed:
-        raise UserError(f"cannot serve {model}: {service.failed}")
+        raise _cannot_serve(model, service.failed)
+
+
+def _cannot_serve(model, reason) -> UserError:
+    # the runtime's messages often start with the file's path: named once
+    return UserError(f"cannot serve {model}: {str(reason).removeprefix(f'{model}: ')}")
 
 
 class _HeadTimeout:
