@@ -215,6 +215,29 @@ def test_imagefolder_with_an_impossible_channel_count_names_it_not_every_image(t
     assert "unreadable" not in capsys.readouterr().err
 
 
+def test_evaluating_the_val_split_decodes_only_that_split(tmp_path, capsys):
+    # `cnnzoo evaluate` reads val/ alone: it decoded every training image too (slow on a large set) and warned
+    # about their unreadable files.
+    from cnnzoo.artifact import InputSpec, ModelCard
+    from cnnzoo.checkpoint import save_checkpoint
+    from cnnzoo.evaluation import evaluate
+    from cnnzoo.registry import create_model
+
+    _tree(tmp_path)
+    (tmp_path / "train" / "cat" / "broken.png").write_text("not an image")
+    torch.manual_seed(0)
+    net = create_model("lenet5_relu", num_classes=2, in_chans=3)
+    card = ModelCard("lenet5_relu", {"num_classes": 2, "in_chans": 3}, ("cat", "dog"),
+                     InputSpec(3, 32, 32, (0.0,) * 3, (1.0,) * 3, "stretch"),
+                     extra={"data": {"name": "imagefolder", "data_dir": str(tmp_path)}})
+    save_checkpoint(tmp_path / "model.pt", card, net.state_dict())
+    report = evaluate(tmp_path / "model.pt", workers=0)
+    assert report.images == 6 and "unreadable" not in capsys.readouterr().err
+    data = load_data("imagefolder", tmp_path, input_size=(3, 16, 16), splits=("val",))
+    assert len(data.train) == 0 and data.val.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert "unreadable" not in capsys.readouterr().err
+
+
 def test_imagefolder_bad_layouts(tmp_path):
     with pytest.raises(UserError, match="no such data folder"):
         load_data("imagefolder", tmp_path / "missing")

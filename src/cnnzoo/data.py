@@ -39,7 +39,7 @@ import sys
 import tarfile
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -715,16 +715,18 @@ def _folder_kind(decoded: dict[str, _Decoded], input_size: tuple[int, int, int])
     return spec, _aug_defaults("crop-flip", not grey, pad, n_train), cached
 
 
-def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, options: dict) -> Data:
+def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, options: dict,
+                 splits: Sequence[str] = ("train", "val")) -> Data:
     if not root.is_dir():
         raise UserError(f"no such data folder: {root}")
     # The contract is checked before decoding: images read at an impossible channel count (2) all fail to decode,
     # which would blame every image instead of the input size.
     photo_spec(input_size)
-    decoded: dict[str, _Decoded] = {}
+    # A split not asked for stays empty: evaluating val/ need not decode every training image.
+    decoded = {part: _Decoded([], [], [], []) for part in ("train", "val")}
     classes: list[str] = []
     budget = [FOLDER_CACHE_BYTES]
-    for part in ("train", "val"):
+    for part in splits:
         part_classes, samples = scan_image_folder(root / part)
         if classes and part_classes != classes:
             raise UserError(f"{root}/val classes differ from {root}/train classes")
@@ -741,7 +743,7 @@ def _imagefolder(root: Path, input_size: tuple[int, int, int], strict: bool, opt
 
     def split(part: str) -> TensorSplit | FolderSplit:
         d = decoded[part]
-        if not cached:
+        if not cached or not d.samples:
             return FolderSplit(d.samples, d.bad)
         labels = torch.tensor([label for _, label in d.samples], dtype=torch.long)
         return TensorSplit(torch.from_numpy(np.stack(d.pixels)), labels, f"imagefolder[{part}]",
@@ -767,7 +769,8 @@ def _limit(data: Data, limit: int) -> Data:
 def load_data(name: str, data_dir: str | Path | None = None, *, download: bool = False,
               input_size: str | tuple[int, ...] | None = None,
               default_input_size: tuple[int, int, int] = (3, 224, 224), limit: int | None = None,
-              strict: bool = False, num_classes: int = 10, fake_samples: int = 1024) -> Data:
+              strict: bool = False, num_classes: int = 10, fake_samples: int = 1024,
+              splits: Sequence[str] = ("train", "val")) -> Data:
     """Load a dataset by name.
 
     Args:
@@ -781,6 +784,7 @@ def load_data(name: str, data_dir: str | Path | None = None, *, download: bool =
         limit: keep at most this many images per split (a fixed random subset).
         strict: ImageFolder: an unreadable image is an error rather than a counted warning.
         num_classes, fake_samples: class count and training-set size of the fake dataset.
+        splits: ImageFolder: the splits to read ("val" alone for evaluation); the others are left empty.
     """
     options = {"name": name, "data_dir": str(data_dir) if data_dir else None,
                "input_size": list(input_size) if isinstance(input_size, (tuple, list)) else input_size,
@@ -798,7 +802,7 @@ def load_data(name: str, data_dir: str | Path | None = None, *, download: bool =
             raise UserError(f"--data {name} needs --data-dir")
         root = Path(data_dir).expanduser()
         if name == "imagefolder":
-            data = _imagefolder(root, resolve_input_size(input_size, default_input_size), strict, options)
+            data = _imagefolder(root, resolve_input_size(input_size, default_input_size), strict, options, splits)
         else:
             if not root.exists() and not download:
                 raise UserError(f"no such data folder: {root}")

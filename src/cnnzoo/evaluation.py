@@ -25,6 +25,7 @@ from cnnzoo import distributed as ddp
 from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.data import Data, load_data_for
 from cnnzoo.ensemble import check_members, mean_probabilities, tta_views
+from cnnzoo.errors import UserError
 
 __all__ = ["EvalReport", "evaluate", "run_eval"]
 
@@ -43,6 +44,9 @@ class EvalReport:
     misclassified: list[dict] = field(default_factory=list)  # path, true, predicted, probability
     members: list[dict] = field(default_factory=list)  # ensemble or TTA: each checkpoint's path, top1, top5, loss
     tta: str = "none"
+    # a model of more classes than the data's (an ImageNet model on some ImageNet classes): per true class, the
+    # images whose top-1 is a class outside the data's; empty when the model has the data's classes
+    outside: list[int] = field(default_factory=list)
 
     @property
     def macro(self) -> dict:
@@ -64,6 +68,9 @@ class EvalReport:
                  f"{len(self.misclassified)} misclassified{',' if tta else ''}{tta})",
                  f"balanced accuracy {self.balanced_accuracy:.4f}   macro precision {macro['precision']:.4f}   "
                  f"recall {macro['recall']:.4f}   F1 {macro['f1']:.4f}"]
+        if self.outside:
+            lines.append(f"{sum(self.outside)} images predicted as one of the model's classes outside these "
+                         f"{len(self.classes)} (wrong, and counted so; the confusion matrix leaves them out)")
         if len(self.members) > 1:
             lines += ["", f"ensemble of {len(self.members)}{tta}:"]
             lines += [f"  {m['path']}: top-1 {m['top1']:.4f}   top-5 {m['top5']:.4f}   loss {m['loss']:.4f}"
@@ -78,7 +85,7 @@ class EvalReport:
         return dict(top1=self.top1, top5=self.top5, loss=self.loss, images=self.images,
                     balanced_accuracy=self.balanced_accuracy, macro=self.macro, classes=self.classes,
                     per_class=self.per_class, confusion=self.confusion, members=self.members, tta=self.tta,
-                    misclassified=self.misclassified)
+                    misclassified=self.misclassified, **({"outside": self.outside} if self.outside else {}))
 
     def write(self, folder: str | Path) -> list[Path]:
         """confusion.csv, confusion.png, misclassified.csv and eval.json in ``folder``."""
@@ -87,8 +94,10 @@ class EvalReport:
         paths = [folder / n for n in ("confusion.csv", "confusion.png", "misclassified.csv", "eval.json")]
         with open(paths[0], "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["true \\ predicted", *self.classes])
-            w.writerows([name, *row] for name, row in zip(self.classes, self.confusion))
+            outside = ["another class"] if self.outside else []
+            w.writerow(["true \\ predicted", *self.classes, *outside])
+            w.writerows([name, *row, *([n] if outside else [])]
+                        for name, row, n in zip(self.classes, self.confusion, self.outside or self.classes))
         _plot_confusion(self, paths[1])
         with open(paths[2], "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["path", "true", "predicted", "probability"])
@@ -107,14 +116,16 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
     from matplotlib.figure import Figure
 
     counts = np.asarray(report.confusion, dtype=np.int64)
-    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    support = counts.sum(1, keepdims=True) + (np.asarray(report.outside)[:, None] if report.outside else 0)
+    rates = counts / np.maximum(support, 1)
     k = len(report.classes)
     side = min(9.0, 2.2 + 0.38 * k)
     fig = Figure(figsize=(2 * side + 1.6, side + 0.9))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     panels = ((axes[0], counts, "counts", lambda v: f"{v:d}"),
-              (axes[1], rates, "share of each true class (rows sum to 1)", lambda v: f"{v:.2f}"))
+              (axes[1], rates, "share of each true class" + (" (the rest: other classes)" if report.outside
+                                                               else " (rows sum to 1)"), lambda v: f"{v:.2f}"))
     for ax, values, title, fmt in panels:
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if values is counts else 1)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -136,9 +147,11 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
     fig.savefig(str(path), dpi=100)
 
 
-def _per_class(confusion: torch.Tensor, classes: list[str]) -> list[dict]:
+def _per_class(confusion: torch.Tensor, classes: list[str], outside: list[int] | None = None) -> list[dict]:
     tp = confusion.diag().double()
     predicted, actual = confusion.sum(0).double(), confusion.sum(1).double()
+    if outside:  # images predicted as classes outside the matrix still count in their true class's support
+        actual = actual + torch.tensor(outside, dtype=torch.float64)
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
     recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
@@ -202,11 +215,12 @@ def evaluate(checkpoint: str | Path | Checkpoint | Sequence[str | Path | Checkpo
     many = isinstance(checkpoint, (list, tuple))
     ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c) for c in (checkpoint if many else [checkpoint])]
     check_members([c.card for c in ckpts], [str(c.path) for c in ckpts])
-    data = data or load_data_for(ckpts[0].card, **data_options)
-    data.check_classes(list(ckpts[0].card.classes))
+    data = data or load_data_for(ckpts[0].card, splits=(split,), **data_options)
+    model_classes = list(ckpts[0].card.classes)
+    index = _model_index(data, model_classes)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loading = dict(split=split, batch_size=batch_size, device=dev, workers=workers)
-    if len(ckpts) == 1 and tta == "none":  # the trainer's own validation loop: the numbers it reported
+    if len(ckpts) == 1 and tta == "none" and index is None:  # the trainer's own loop: the numbers it reported
         ckpt = ckpts[0]
         model = build_model(ckpt).to(dev)
         loader = data.loader(split, batch_size, train=False, spec=ckpt.card.input, device=dev, workers=workers)
@@ -214,11 +228,39 @@ def evaluate(checkpoint: str | Path | Checkpoint | Sequence[str | Path | Checkpo
                      channels_last=getattr(model, "channels_last", False))
         return _report(data, split, r)
     labels = getattr(data, split).labels
+    if index is not None:  # the labels as the model's class indices
+        labels = torch.tensor(index)[labels]
     probabilities = [_probabilities(ckpt, data, tta, **loading) for ckpt in ckpts]
     members = [dict(path=str(ckpt.path), **{k: v for k, v in _scores(p, labels).items() if k in ("top1", "top5",
                                                                                                "loss")})
                for ckpt, p in zip(ckpts, probabilities)]
-    return _report(data, split, _scores(mean_probabilities(probabilities), labels), members, tta)
+    scores = _scores(mean_probabilities(probabilities), labels)
+    if index is None:
+        return _report(data, split, scores, members, tta)
+    return _report(data, split, _onto_data_classes(scores, index), members, tta, model_classes)
+
+
+def _model_index(data: Data, model_classes: list[str]) -> list[int] | None:
+    """The model's index of each of the data's classes when the data holds some of the model's classes, named as
+    it names them (an ImageNet model evaluated on a few ImageNet classes); None when both have the same classes in
+    the same order. Any other difference is refused: the indices would silently mean other classes."""
+    position = {name: i for i, name in enumerate(model_classes)}
+    if list(data.classes) == model_classes or len(data.classes) >= len(model_classes):
+        data.check_classes(model_classes)
+        return None
+    strangers = [name for name in data.classes if name not in position]
+    if strangers:
+        raise UserError(f"{data.name}'s classes {strangers[:5]} are none of the checkpoint's {len(model_classes)}")
+    return [position[name] for name in data.classes]
+
+
+def _onto_data_classes(scores: dict, index: list[int]) -> dict:
+    """_scores over the model's classes (top-1/5 and loss stay the model's: a prediction of a class the data does
+    not hold is wrong), with the confusion matrix restricted to the data's classes and the predictions outside
+    them counted per true class."""
+    rows = scores["confusion"][index]
+    confusion = rows[:, index]
+    return dict(scores, confusion=confusion, outside=(rows.sum(1) - confusion.sum(1)).tolist())
 
 
 @torch.inference_mode()
@@ -250,11 +292,16 @@ def _scores(probabilities: np.ndarray, labels: torch.Tensor) -> dict:
                 predictions=list(zip(range(len(labels)), top[:, 0].tolist(), p.max(1).values.tolist())))
 
 
-def _report(data: Data, split: str, r: dict, members: list[dict] | None = None, tta: str = "none") -> EvalReport:
+def _report(data: Data, split: str, r: dict, members: list[dict] | None = None, tta: str = "none",
+            model_classes: list[str] | None = None) -> EvalReport:
+    """The report over the data's classes; ``model_classes``: the model's, when the data holds only some of them
+    (r's predictions are then the model's indices)."""
     part, classes = getattr(data, split), list(data.classes)
-    labels = part.labels.tolist()
-    wrong = [dict(path=part.name(i), true=classes[labels[i]], predicted=classes[p], probability=round(prob, 6))
-             for i, p, prob in r["predictions"] if p != labels[i]]
+    names = model_classes or classes
+    truth = [names.index(classes[y]) for y in part.labels.tolist()] if model_classes else part.labels.tolist()
+    wrong = [dict(path=part.name(i), true=names[truth[i]], predicted=names[p], probability=round(prob, 6))
+             for i, p, prob in r["predictions"] if p != truth[i]]
+    outside = r.get("outside", [])
     return EvalReport(top1=r["top1"], top5=r["top5"], loss=r["loss"], images=r["images"], classes=classes,
-                      confusion=r["confusion"].tolist(), per_class=_per_class(r["confusion"], classes),
-                      misclassified=wrong, members=members or [], tta=tta)
+                      confusion=r["confusion"].tolist(), per_class=_per_class(r["confusion"], classes, outside),
+                      misclassified=wrong, members=members or [], tta=tta, outside=outside)
