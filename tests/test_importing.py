@@ -167,3 +167,37 @@ def test_fine_tuning_normalises_as_the_initial_weights_were_trained(tmp_path, ca
     spec = open_runtime(run / "last.pt").spec
     assert (spec.mean, spec.std, spec.size) == ((0.5,) * 3, (0.5,) * 3, (3, 32, 32))
 
+
+
+def test_evaluate_on_a_folder_of_some_of_the_models_classes(tmp_path, capsys):
+    """An ImageNet model evaluated on a folder of a few ImageNet classes (Imagenette's situation): top-1 is the
+    model's over all its classes; the oracle is torchvision's model on its own transforms."""
+    weights = torchvision.models.RegNet_X_400MF_Weights.IMAGENET1K_V2
+    model, path = _torchvision_file(tmp_path, "regnet_x_400mf", weights)
+    ckpt = import_weights("regnet_x_400mf", path, tmp_path / "regnet.pt").path
+    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTO.parent.glob("*.jpg"))]
+    crops = [photo.crop((x, y, x + 300, y + 260)) for photo in photos for x, y in ((0, 0), (300, 150), (150, 60))]
+    with torch.no_grad():
+        top1 = model(torch.stack([weights.transforms()(c) for c in crops])).argmax(1).tolist()
+    names = weights.meta["categories"]
+    folders = [names[top1[0]], "tench" if names[top1[0]] != "tench" else "goldfish"]  # one the model predicts
+    truth = [folders[i % 2] for i in range(len(crops))]
+    for split in ("train", "val"):
+        for i, (crop, folder) in enumerate(zip(crops, truth)):
+            (tmp_path / "data" / split / folder).mkdir(parents=True, exist_ok=True)
+            crop.save(tmp_path / "data" / split / folder / f"{i}.png")
+    capsys.readouterr()
+    assert main(["evaluate", str(ckpt), "--data", "imagefolder", "--data-dir", str(tmp_path / "data"), "--json",
+                 "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    predicted = [names[i] for i in top1]
+    assert report["top1"] == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth)]))
+    assert sum(report["outside"]) == sum(p not in folders for p in predicted)
+    assert sum(map(sum, report["confusion"])) + sum(report["outside"]) == len(crops)
+    stranger = tmp_path / "data" / "val" / "not an imagenet class"
+    stranger.mkdir()
+    crops[0].save(stranger / "x.png")
+    (tmp_path / "data" / "train" / stranger.name).mkdir()
+    crops[0].save(tmp_path / "data" / "train" / stranger.name / "x.png")
+    assert main(["evaluate", str(ckpt), "--data", "imagefolder", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "not an imagenet class" in capsys.readouterr().err

@@ -127,7 +127,7 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
               (axes[1], rates, "share of each true class" + (" (the rest: other classes)" if report.outside
                                                                else " (rows sum to 1)"), lambda v: f"{v:.2f}"))
     for ax, values, title, fmt in panels:
-        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if values is counts else 1)
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1) if values is counts else 1)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         if k <= MAX_LABELLED:
             long_names = max(len(c) for c in report.classes) > 3
@@ -141,7 +141,8 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"top-1 {report.top1:.4f}, balanced accuracy {report.balanced_accuracy:.4f} on {report.images} "
-                 "images" + (f" (ensemble of {len(report.members)})" if len(report.members) > 1 else ""),
+                 "images" + (f" (ensemble of {len(report.members)})" if len(report.members) > 1 else "")
+                 + (f"; {sum(report.outside)} predicted as other classes" if report.outside else ""),
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
