@@ -139,7 +139,8 @@ class ImportReport:
     classes_source: str
 
     def __str__(self) -> str:
-        published = "" if self.preprocessing.top1 is None else f"; published ImageNet top-1 {self.preprocessing.top1:g}%"
+        top1 = self.preprocessing.top1
+        published = "" if top1 is None else f"; published ImageNet top-1 {top1:g}%"
         return "\n".join([
             f"wrote {self.path}: {self.card.model_name}, {self.load.loaded} tensors from {self.load.path}"
             + (f" ({self.load.layout} layout)" if self.load.layout else ""),
@@ -220,7 +221,7 @@ def published_preprocessing(name: str, path: str | Path, load: LoadReport | None
         return _from_timm(name, path)
     if entries and not timm_file:
         return _from_torchvision(*_identify(entries, path))
-    why = "a timm file: timm trains this network with several recipes" if entries else "no published preprocessing known"
+    why = "a timm file: timm trained this network with several recipes" if entries else "no published contract known"
     return Preprocessing(photo_spec(model_info(name).input_size),
                          f"cnnzoo's photo contract ({why}; state the weights' own)", published=False)
 
