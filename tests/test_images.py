@@ -221,6 +221,29 @@ def test_preprocess_pads_a_crop_larger_than_the_image():
     np.testing.assert_allclose(preprocess(image, spec), reference.numpy(), atol=1e-6)
 
 
+def test_a_sliver_image_is_cropped_within_bounded_memory():
+    # A 1 x 100000 PNG (a few hundred bytes, far under the pixel limit) under a 224 crop of 256: resizing the whole
+    # image first makes it 256 x 25,600,000 (6.5 G pixels) before the centre crop keeps 224 x 224. Run under a
+    # 1.5 GB address-space limit, so that the unbounded resize fails there instead of exhausting the machine.
+    # Oracle: a constant image stays that constant through any resize and crop.
+    code = """
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+import numpy as np
+from PIL import Image
+from cnnzoo.images import preprocess
+from cnnzoo.artifact import InputSpec
+spec = InputSpec(3, 224, 224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop", 256)
+for size in ((1, 100000), (100000, 1)):
+    out = preprocess(Image.new("RGB", size, (51, 102, 204)), spec)
+    want = (np.array([51, 102, 204], np.float32)[:, None, None] / np.float32(255) - np.float32(0.5)) / np.float32(0.25)
+    assert out.shape == (3, 224, 224) and np.array_equal(out, np.broadcast_to(want, out.shape)), out[:, 0, 0]
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-1500:]
+
+
 def test_pad_and_stretch_policies_match_torchvision():
     """"pad": the longer side to resize_size, centred on a zero canvas (torchvision: Resize(max_size) + CenterCrop,
     which pads); "stretch": straight to H x W (Resize((H, W)))."""

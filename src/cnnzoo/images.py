@@ -235,6 +235,9 @@ def _decode(fp: BinaryIO, label: str, channels: int, max_pixels: int) -> Image.I
 
 _RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                "bicubic": Image.Resampling.BICUBIC}
+# Pixels of the resized image before the centre crop above which only the cropped window is resampled: a sliver
+# (1 x 100000 pixels, a few hundred bytes) under a 256 resize would otherwise become 256 x 25.6 M pixels.
+RESIZE_BUDGET = 4096 * 4096
 
 
 def _resized_size(width: int, height: int, spec: InputSpec) -> tuple[int, int]:
@@ -256,9 +259,22 @@ def fit_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
     image = to_mode(image, spec.channels)
     size = _resized_size(*image.size, spec)
     if size != image.size:
-        image = image.resize(size, _RESAMPLING[spec.interpolation])
+        image = _resize(image, size, spec)
     array = np.asarray(image, dtype=np.uint8).reshape(image.size[1], image.size[0], spec.channels)
     return _center_crop(array, spec.height, spec.width)
+
+
+def _resize(image: Image.Image, size: tuple[int, int], spec: InputSpec) -> Image.Image:
+    """torchvision's Resize to ``size``; above RESIZE_BUDGET pixels, only the window that _center_crop keeps, through
+    Pillow's box (its levels then differ slightly from the whole resize's, which would not fit in memory)."""
+    resample = _RESAMPLING[spec.interpolation]
+    width, height = size
+    if width * height <= RESIZE_BUDGET:
+        return image.resize(size, resample)
+    w, h = min(width, spec.width), min(height, spec.height)
+    left, top = int(round((width - w) / 2.0)), int(round((height - h) / 2.0))  # _center_crop's offsets
+    sx, sy = image.width / width, image.height / height
+    return image.resize((w, h), resample, box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
 
 
 def fit_images(batch: np.ndarray, spec: InputSpec) -> np.ndarray:
