@@ -304,6 +304,7 @@ def test_help_documents_the_flag(capsys):
 
 SERVE_OPTIONS = [
     (["--port", "99999"], "--port"), (["--port", "-1"], "--port"), (["--max-batch", "0"], "--max-batch"),
+    (["--max-batch", "999999999999"], "--max-batch"),  # start-up would time (and allocate) a batch that large
     (["--max-body-mb", "0"], "--max-body-mb"), (["--max-body-mb", "nan"], "--max-body-mb"),
     (["--max-body-mb", "-1"], "--max-body-mb"), (["--max-pixels", "0"], "--max-pixels"),
     (["--max-in-flight", "0"], "--max-in-flight"), (["--max-images", "0"], "--max-images"),

@@ -102,7 +102,8 @@ SERVE_OPTIONS: dict[str, Range] = {
     "idle_timeout_s": Range(0, None, "()", float, "a connection without a request head is closed", "idle_timeout_s",
                             " s"),
     "port": Range(0, 65535, "[]", int, "TCP port (0: any free port)", "--port (port)"),
-    "max_batch": Range(1, None, "[]", int, "images per inference call", "--max-batch (max_batch)"),
+    # start-up times a batch this large (and every batch may reach it): a bound, not a tuning range
+    "max_batch": Range(1, 1024, "[]", int, "images per inference call", "--max-batch (max_batch)"),
     "topk": Range(1, None, "[]", int, "classes per answer", "topk"),
 }
 

@@ -42,7 +42,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                    help="auto (default): the backend the export recorded; for a float .onnx without a record, ONNX "
                         "Runtime and OpenVINO are timed at start (batch 1 and --max-batch) and the faster serves")
-    p.add_argument("--max-batch", type=int, default=16, help="images batched into one inference (default 16)")
+    p.add_argument("--max-batch", type=int, default=16, help="images batched into one inference, 1 to 1024 (default 16)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits to fill (default 2)")
     p.add_argument("--token", default=os.environ.get("CNNZOO_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' on /v1/* (default: $CNNZOO_TOKEN, else none)")
