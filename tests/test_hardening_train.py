@@ -493,14 +493,26 @@ def test_read_weights_checks_the_crcs_of_any_weights_file(tmp_path):
 
 
 def test_a_file_that_is_no_pickle_is_named_corrupt_with_its_reason_not_a_refused_global(tmp_path):
-    # An .onnx handed to evaluate/explain/--init: a protobuf, whose first byte (0x08) is no pickle opcode.
-    # torch's WeightsUnpickler message then carries its reason on a later line ("\n\nUnsupported operand 8").
-    onnx_like = tmp_path / "model.onnx"
+    # A protobuf (an ONNX model renamed .pt), whose first byte (0x08) is no pickle opcode: torch's
+    # WeightsUnpickler message then carries its reason on a later line ("\n\nUnsupported operand 8").
+    onnx_like = tmp_path / "model.pt"
     onnx_like.write_bytes(b"\x08\x07\x12\x07pytorch")
     with pytest.raises(CheckpointError) as err:
         read_weights(onnx_like)
     message = str(err.value)
     assert "Unsupported operand" in message and "may run code" not in message, message
+
+
+@pytest.mark.parametrize("suffix, kind", [(".onnx", "an ONNX model"), (".xml", "an OpenVINO IR")])
+def test_an_exported_model_given_for_a_checkpoint_is_named_so(tmp_path, capsys, suffix, kind):
+    # `cnnzoo evaluate/explain/export model.onnx`: said "truncated or corrupt?", of a file that is neither.
+    exported = tmp_path / f"model{suffix}"
+    exported.write_bytes(b"\x08\x07\x12\x07pytorch" if suffix == ".onnx" else b'<?xml version="1.0"?>\n<net/>')
+    assert main(["evaluate", str(exported), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"cnnzoo evaluate: error: {exported} is {kind}, not a cnnzoo checkpoint: " \
+                  "`cnnzoo predict` runs exported files; this command needs the checkpoint", err
+    assert not (tmp_path / "ev").exists()
 
 
 def test_a_checkpoint_pickle_that_runs_code_never_runs_in_the_training_commands(tmp_path, capsys):
