@@ -405,6 +405,9 @@ def test_cli_refuses_bad_out_and_numbers_with_one_line(digits, tmp_path, capsys)
     for out in ("m.onnx", "m", "m.bin"):
         assert "does not end in .xml" in one_line_error(capsys, str(ckpt), "--format", "openvino", "--out",
                                                           str(tmp_path / out))
+    # a suffix by which predict and serve would not know the file (they refused it after the export ran)
+    for fmt, out in (("onnx", "m.txt"), ("onnx", "m"), ("torchscript", "m.onnx")):
+        assert "does not end in" in one_line_error(capsys, str(ckpt), "--format", fmt, "--out", str(tmp_path / out))
     # the checkpoint itself, however it is spelled
     for out in (ckpt, tmp_path / "sub" / ".." / "own.pt"):
         assert "is the checkpoint being exported" in one_line_error(capsys, str(ckpt), "--out", str(out))

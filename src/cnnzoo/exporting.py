@@ -50,13 +50,14 @@ from cnnzoo.errors import UserError
 from cnnzoo.precision import (DEFAULT_BATCH, Candidate, Deployment, Gate, GateImages, candidates_for,
                               check_precision, choose, int8_card, load_gate_images, run_trials, trials_table)
 from cnnzoo.registry import check_input_size
-from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime
+from cnnzoo.runtime import CHECKPOINT_SUFFIXES, META_KEY, default_threads, onnx_session, open_runtime
 
 __all__ = ["FORMATS", "METHODS", "ExportError", "ExportReport", "export"]
 
 FORMATS, METHODS = EXPORT_FORMATS, TORCHSCRIPT_METHODS
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
 KINDS = {".onnx": "onnx", ".xml": "openvino"}  # what --out's suffix asks for when --format is not given
+OUT_SUFFIXES = {"onnx": (".onnx",), "openvino": (".xml",), "torchscript": CHECKPOINT_SUFFIXES}  # open_runtime's
 
 
 class ExportError(UserError):
@@ -598,7 +599,7 @@ def export(
             base = Path(source) if Path(source).is_dir() else Path(source).parent
         tag = "-int8" if quantize else "" if precision in ("fp32", "auto") else f"-{precision}"
         out = base / (stem + tag + SUFFIXES[format])
-    out = _check_out(Path(out), format, source)
+    out = _check_out(Path(out), format, source, final=kind is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch_sizes = (1, 2) if dynamic_batch else (1,)
     inputs = _inputs(size, batch_sizes)
@@ -661,10 +662,9 @@ def _check_numbers(opset: int, calib_images: int, max_drop: float, atol: float) 
             raise UserError(message)
 
 
-def _check_out(out: Path, format: str, source) -> Path:
-    """Refuse an output that is not of the format's kind, or that would overwrite the export's own input."""
-    if format == "openvino" and out.suffix != ".xml":
-        raise UserError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin); --out {out} does not end in .xml")
+def _check_out(out: Path, format: str, source, final: bool) -> Path:
+    """Refuse an output that would overwrite the export's own input or, when ``final`` (the file is written under
+    that very name), whose suffix is not one by which open_runtime (predict, serve) knows the format."""
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; name the file to write")
     # The file the checkpoint was read from (a run folder's last.pt); compared resolved, whether or not --out
@@ -675,4 +675,8 @@ def _check_out(out: Path, format: str, source) -> Path:
         written = [out, out.with_suffix(".bin")] if format == "openvino" else [out]
         if any(path.resolve() == src.resolve() for path in written):
             raise UserError(f"--out {out} is the checkpoint being exported; choose another file")
+    wanted = OUT_SUFFIXES[format]
+    if final and out.suffix not in wanted:
+        raise UserError(f"--out {out} does not end in {' or '.join(wanted)}: predict and serve know a {format} file "
+                        "by that suffix" + (" (an OpenVINO IR is NAME.xml + NAME.bin)" if format == "openvino" else ""))
     return out
