@@ -202,6 +202,12 @@ def test_int8_quantisation_gate(digits, tmp_path, monkeypatch):
     assert not refused.exists()
 
 
+def test_quantize_without_a_validation_folder_holds_out_training_images(digits, tmp_path):
+    report = export(digits["ckpt"], tmp_path / "q.onnx", quantize="int8", calib_data=digits["train"],
+                    calib_images=16, max_drop=100)
+    assert report.deploy.precision == "int8" and "held out" in report.deploy.images
+
+
 def test_clear_errors(digits, tmp_path):
     with pytest.raises(UserError, match="unknown export format"):
         export(digits["ckpt"], tmp_path / "x", "tflite")

@@ -377,8 +377,9 @@ def _quantize_int8(fp32: Path, out: Path, card: ModelCard, calib_data, val_data,
     """The older --quantize int8: ONNX Runtime's QDQ of the checked float file, judged on the whole validation
     split by its top-1 drop alone, then written with the same int8 card and deploy record as --precision int8 (so
     predict and serve report int8)."""
-    if calib_data is None or val_data is None:
-        raise UserError("--quantize int8 needs calibration images (--calib-data) and a validation split (--val-data)")
+    if calib_data is None:
+        raise UserError("--quantize int8 needs calibration images: --data DIR (or --calib-data DIR)")
+    # without a validation folder, every HELD_OUT-th training image is held out to judge it, as --precision does
     images = load_gate_images(calib_data, val_data, card, calib_images, val_images=None)
     _qdq(fp32, out, int8_card(card), images.calibration[:, None])
     gate, threads = Gate(min_agreement=0.0, max_drop=max_drop), default_threads()  # this spelling's gate: drop only
