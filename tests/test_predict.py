@@ -184,6 +184,9 @@ def test_open_runtime_errors(models, tmp_path, monkeypatch):
             open_runtime(path, backend)
     with pytest.raises(UserError, match="unknown precision 'fp8'"):
         open_runtime(models["xml"], precision="fp8")
+    # torch is installed: what is missing is an int8 file, which the message says how to make
+    with pytest.raises(UserError, match=r"cannot run at int8 here: torch computes fp32 and bf16 \(cnnzoo export"):
+        open_runtime(models["pt"], precision="int8")
     monkeypatch.setitem(rt._PACKAGES, "openvino", "openvino_not_installed_here")
     with pytest.raises(UserError, match="the openvino backend is not installed"):
         open_runtime(models["xml"], "openvino")

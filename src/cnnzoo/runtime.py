@@ -462,10 +462,14 @@ def open_runtime(
     kind = _kind(path)
     candidates = _RUNS_ON[kind]
     if backend == "auto":
-        installed = [b for b in candidates if _available(b) and precision in ("auto", *_RUNS_AT[b])]
+        present = [b for b in candidates if _available(b)]
+        installed = [b for b in present if precision in ("auto", *_RUNS_AT[b])]
+        if not present:
+            raise UserError(f"{path} needs one of {', '.join(candidates)}, and none is installed")
         if not installed:
-            raise UserError(f"{path} needs one of {', '.join(candidates)}, and none is installed"
-                            + ("" if precision == "auto" else f" that computes {precision}"))
+            computes = "; ".join(f"{b} computes {' and '.join(_RUNS_AT[b])}" for b in present)
+            hint = " (cnnzoo export CKPT --precision int8 --data DIR makes an int8 file)" if precision == "int8" else ""
+            raise UserError(f"{path} cannot run at {precision} here: {computes}{hint}")
         recorded = _recorded_backend(path) if kind == "onnx" and precision == "auto" else None
         backend = recorded if recorded in installed else installed[0]
     elif backend not in candidates:
