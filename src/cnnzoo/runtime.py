@@ -22,6 +22,7 @@ running an .onnx starts fast and small. Only TorchRuntime imports torch, when it
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -332,12 +333,24 @@ def _read_ov_model(ov, path: Path):
             if b"<net" not in f.read(4096):  # the IR frontend would read another XML as a network without layers
                 raise UserError(f"{path}: not an OpenVINO IR (no <net> element)")
     try:
-        frontend = ov.frontend.FrontEndManager().load_by_framework(framework)
+        frontend = _frontend(ov, framework)
         return frontend.convert(frontend.load(str(path)))
     except Exception as err:  # RuntimeError, GeneralFailure, OpConversionFailure: all mean an unusable file
         weights = path.with_suffix(".bin")
         cause = _ov_cause(err) if framework == "onnx" or weights.is_file() else f"{weights} is missing"
         raise UserError(f"{path}: not a loadable {kind} ({cause})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _frontend_manager(ov):
+    return ov.frontend.FrontEndManager()
+
+
+def _frontend(ov, framework: str):
+    """The frontend of ``framework``, from one FrontEndManager kept for the life of the process: a model a frontend
+    converted runs code of the frontend's library, which must not be unloaded with a temporary manager while the
+    model (or the worker threads that ran it) still exists."""
+    return _frontend_manager(ov).load_by_framework(framework)
 
 
 def _ov_cause(err: Exception) -> str:
