@@ -299,7 +299,8 @@ def _report(data: Data, split: str, r: dict, members: list[dict] | None = None, 
     (r's predictions are then the model's indices)."""
     part, classes = getattr(data, split), list(data.classes)
     names = model_classes or classes
-    truth = [names.index(classes[y]) for y in part.labels.tolist()] if model_classes else part.labels.tolist()
+    model_index = [names.index(name) for name in classes]  # the model's index of each data class (identity if same)
+    truth = [model_index[y] for y in part.labels.tolist()]
     wrong = [dict(path=part.name(i), true=names[truth[i]], predicted=names[p], probability=round(prob, 6))
              for i, p, prob in r["predictions"] if p != truth[i]]
     outside = r.get("outside", [])
