@@ -86,6 +86,7 @@ def test_finetune_changes_exactly_the_trained_part(pretrained, tmp_path, capsys,
         again = create_model("resnet20", num_classes=5, in_chans=1)
         report = load_pretrained(again, tmp_path / "last.pt")
         assert report.appended_fc == 5 and again.appended_classes == 5 and not report.classifier_replaced
+        assert report.card == ckpt.card  # what --init adopts the normalisation from, with no second read
         with torch.inference_mode():
             torch.testing.assert_close(again.eval()(x), rebuilt(x))
 
@@ -156,6 +157,7 @@ def test_torchvision_resnet18_loads_with_equal_outputs(torchvision_resnet18, nam
     assert report.loaded == len(theirs.state_dict()) and not report.classifier_replaced
     assert report.stripped_prefix == ("module." if name.startswith("ddp") else "")
     assert "\n" not in str(report) and ("stripped prefix 'module.'" in str(report)) == name.startswith("ddp")
+    assert report.card is None  # nobody's card: no input contract is claimed for a plain state_dict
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(ours.eval()(x), theirs(x), rtol=1e-5, atol=1e-5)
@@ -185,6 +187,17 @@ def test_other_mismatches_name_the_first_differing_keys(torchvision_resnet18, tm
     torch.save({"args": argparse.Namespace(lr=0.1), "model": {}}, tmp_path / "pickled.pth")
     with pytest.raises(UserError, match="not a readable checkpoint"):  # weights_only refuses arbitrary objects
         load_pretrained(create_model("resnet18"), tmp_path / "pickled.pth")
+
+
+def test_a_checkpoint_with_a_broken_card_is_refused_in_one_line(pretrained, tmp_path):
+    """--init reads the card of a cnnzoo checkpoint (its classes, the normalisation it was trained with): one whose
+    card is unusable is named, not loaded as bare weights."""
+    path, _ = pretrained
+    raw = torch.load(path, weights_only=True)
+    del raw["card"]["input"]["mean"]
+    torch.save(raw, tmp_path / "broken.pt")
+    with pytest.raises(UserError, match=r"^\S*broken.pt: the model metadata lacks mean$"):
+        load_pretrained(create_model("resnet20", num_classes=10, in_chans=1), tmp_path / "broken.pt")
 
 
 def test_other_names_same_shapes_are_refused(torchvision_resnet18, tmp_path):

@@ -37,6 +37,8 @@ FORMAT, VERSION = "cnnzoo-checkpoint", 2
 READABLE_VERSIONS = (1, 2)
 _V1_CARD_KEYS = ("model_name", "model_kwargs", "classes", "input_size", "mean", "std", "resize_size", "appended_fc")
 DIGEST_KEY = "state_dict_sha256"
+# What a loaded checkpoint keeps as its training record: everything but the weights and the card.
+_NOT_RECORD = {"format", "version", "state_dict", DIGEST_KEY, "card", *_V1_CARD_KEYS}
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
 ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # torch bolds words of its messages; a one-line error has no styles
 
@@ -204,18 +206,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if raw.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path} has checkpoint version {raw.get('version')}, this cnnzoo reads "
                               f"{', '.join(map(str, READABLE_VERSIONS))}")
-    state = raw.pop("state_dict", None)
+    state = raw.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state_dict")
-    raw.pop(DIGEST_KEY, None)
-    if raw["version"] == 1:
-        card = ModelCard.from_dict({k: raw.pop(k) for k in _V1_CARD_KEYS if k in raw}, str(path))
-        card = ModelCard(card.model_name, card.model_kwargs, card.classes, card.input, card.appended_classes,
-                         {"data": (raw.get("config") or {}).get("data")})
-    else:
-        card = ModelCard.from_dict(raw.pop("card", None), str(path))
-    record = {k: v for k, v in raw.items() if k not in ("format", "version")}
+    card = card_of(raw, path)
+    record = {k: v for k, v in raw.items() if k not in _NOT_RECORD}
     return Checkpoint(card, state, record, path)
+
+
+def card_of(raw: dict, path: str | Path) -> ModelCard:
+    """The validated model card of a checkpoint's contents (either version), as read by read_weights."""
+    if raw.get("version") == 1:
+        card = ModelCard.from_dict({k: raw[k] for k in _V1_CARD_KEYS if k in raw}, str(path))
+        return ModelCard(card.model_name, card.model_kwargs, card.classes, card.input, card.appended_classes,
+                         {"data": (raw.get("config") or {}).get("data")})
+    return ModelCard.from_dict(raw.get("card"), str(path))
 
 
 def build_model(source: Checkpoint | ModelCard, state_dict: dict | None = None) -> torch.nn.Module:

@@ -229,10 +229,8 @@ def published_preprocessing(name: str, path: str | Path, load: LoadReport | None
 def trained_input(name: str, path: str | Path, load: LoadReport) -> Preprocessing | None:
     """The input contract the weights in ``path`` (loaded into network ``name`` as ``load`` reports) were trained
     with, where it is known: a cnnzoo checkpoint's card, else its publisher's; None for anybody else's file."""
-    if load.source == "cnnzoo checkpoint":
-        from cnnzoo.checkpoint import load_checkpoint
-
-        return Preprocessing(load_checkpoint(path).card.input, f"the model card of {path}")
+    if load.card is not None:
+        return Preprocessing(load.card.input, f"the model card of {path}")
     published = published_preprocessing(name, path, load)
     return published if published.published else None
 

@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnzoo.artifact import ModelCard
 from cnnzoo.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from cnnzoo.checkpoint import read_weights
+from cnnzoo.checkpoint import card_of, read_weights
 from cnnzoo.errors import UserError
 from cnnzoo.layouts import accepted, accepting, convert, recognise, refusal
 from cnnzoo.models.base import ZooModel
@@ -60,6 +61,7 @@ class LoadReport:
     aux_initialised: list[str] = field(default_factory=list)
     aux_dropped: list[str] = field(default_factory=list)
     input_channels: tuple[int, int] | None = None  # (file's, model's) when the first convolution was adapted
+    card: ModelCard | None = None  # a cnnzoo checkpoint's: its classes and the input contract it was trained with
 
     def __str__(self) -> str:
         parts = [f"loaded {self.loaded} tensors from {self.path} ({self.source})"]
@@ -82,22 +84,22 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
-    """The file's tensors, its kind, and the cnnzoo checkpoint payload (empty for plain state_dicts)."""
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str, ModelCard | None]:
+    """The file's tensors, its kind, and a cnnzoo checkpoint's model card (None for plain state_dicts)."""
     if not path.is_file():
         raise UserError(f"no such weights file: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu"), "safetensors", {}
+            return load_file(str(path), device="cpu"), "safetensors", None
         except Exception as err:  # a truncated or foreign file
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(f"cannot read weights from {path}: {reason[:200]}") from None
     obj = read_weights(path)  # CRCs, weights_only, the recorded digest: the one reader of weight files
-    payload = {}
+    card = None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        payload, obj, kind = obj, obj.get("state_dict"), "cnnzoo checkpoint"
+        card, obj, kind = card_of(obj, path), obj.get("state_dict"), "cnnzoo checkpoint"
     else:
         kind = "state_dict"
         for key in WRAPPER_KEYS:
@@ -106,7 +108,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} holds no state_dict (a dict of tensors, or a cnnzoo checkpoint)")
-    return dict(obj), kind, payload
+    return dict(obj), kind, card
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
@@ -218,13 +220,13 @@ def load_pretrained(model: ZooModel, path: str | Path, *, num_classes: int | Non
         UserError: unreadable file, or any mismatch other than the class count, naming the first differing keys.
     """
     path = Path(path)
-    theirs, kind, payload = _read_tensors(path)
+    theirs, kind, card = _read_tensors(path)
     theirs, stripped = _strip_prefixes(theirs)
     theirs, layout = _from_layout(model, _own_renames(model, theirs), path)
     theirs, input_channels = _adapt_input_channels(model, theirs)
-    report = LoadReport(str(path), kind, 0, stripped_prefix=stripped, layout=layout, input_channels=input_channels)
-    # A cnnzoo checkpoint's card (version 2), or the flat appended_fc of version 1.
-    appended = (payload.get("card") or {}).get("appended_classes", payload.get("appended_fc"))
+    report = LoadReport(str(path), kind, 0, stripped_prefix=stripped, layout=layout, input_channels=input_channels,
+                        card=card)
+    appended = card.appended_classes if card else None
     if appended is not None and model.appended_classes is None:
         # The checkpoint's classifier is old Linear + appended Linear: give the model that shape before loading.
         old_key = f"{model.classifier_path}.0.weight"
