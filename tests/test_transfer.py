@@ -200,6 +200,29 @@ def test_a_checkpoint_with_a_broken_card_is_refused_in_one_line(pretrained, tmp_
         load_pretrained(create_model("resnet20", num_classes=10, in_chans=1), tmp_path / "broken.pt")
 
 
+def test_version_1_checkpoints_read_the_same_card_both_ways(tmp_path):
+    """Checkpoints of cnnzoo's first format keep their card in flat keys; load_checkpoint and load_pretrained (what
+    --init reads) both find it, and neither takes card keys for the training record."""
+    torch.manual_seed(0)
+    net = create_model("lenet5_relu", num_classes=3)
+    net.append_classifier(2)
+    state = net.state_dict()
+    flat = {"model_name": "lenet5_relu", "model_kwargs": {"num_classes": 3}, "classes": ["a", "b"],
+            "input_size": [1, 32, 32], "mean": [0.5], "std": [0.25], "resize_size": 36, "appended_fc": 2}
+    torch.save({"format": "cnnzoo-checkpoint", "version": 1, "state_dict": state, **flat, "epoch": 4,
+                "config": {"data": "digits"}}, tmp_path / "v1.pt")
+    ckpt = load_checkpoint(tmp_path / "v1.pt")
+    assert (ckpt.card.classes, ckpt.card.appended_classes, ckpt.card.extra) == (("a", "b"), 2, {"data": "digits"})
+    assert (ckpt.card.input.mean, ckpt.card.input.std, ckpt.card.input.resize_size) == ((0.5,), (0.25,), 36)
+    assert ckpt.record == {"epoch": 4, "config": {"data": "digits"}}
+    again = create_model("lenet5_relu", num_classes=3)
+    report = load_pretrained(again, tmp_path / "v1.pt")
+    assert report.card == ckpt.card and report.appended_fc == 2 and report.loaded == len(state)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(again.eval()(x), net.eval()(x))
+
+
 def test_other_names_same_shapes_are_refused(torchvision_resnet18, tmp_path):
     """The same tensors in the same order under unknown names are not enough to load: files of other architectures
     hold the same shapes in the same order (tests/test_layouts.py has the real cases from timm)."""
