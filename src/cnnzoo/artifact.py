@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field, replace
 from cnnzoo.errors import UserError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CROP_FRACTION", "RESIZE_MODES", "INTERPOLATIONS", "ArtifactError",
-           "InputSpec", "ModelCard", "parse_input_size", "resolve_input_size", "photo_spec", "is_torchscript"]
+           "InputSpec", "ModelCard", "parse_input_size", "resolve_input_size", "photo_spec", "is_torchscript",
+           "CHECKPOINT_SUFFIXES", "EXPORTED_FILES"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GREY_MEAN, GREY_STD = (0.5,), (0.5,)  # grey photos: no ImageNet statistics exist
@@ -175,6 +176,13 @@ class ModelCard:
             return cls.from_dict(json.loads(text), source)
         except json.JSONDecodeError:
             raise ArtifactError(f"{source}: the cnnzoo metadata is not valid JSON") from None
+
+
+# Model files by suffix, the one table every reader and writer tells them by. Checkpoints (a TorchScript export is
+# a .pt too, told apart by is_torchscript) and the files `cnnzoo export` writes: (its format, what to call one).
+# Not .bin: beside an OpenVINO IR's weights, it is Hugging Face's name for torch.save files (pytorch_model.bin).
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+EXPORTED_FILES = {".onnx": ("onnx", "an ONNX model"), ".xml": ("openvino", "an OpenVINO IR")}
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:

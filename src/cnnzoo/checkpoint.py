@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cnnzoo.artifact import ArtifactError, ModelCard, is_torchscript
+from cnnzoo.artifact import EXPORTED_FILES, ArtifactError, ModelCard, is_torchscript
 from cnnzoo.errors import UserError
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "DiskFullError", "save_checkpoint", "load_checkpoint",
@@ -149,11 +149,6 @@ def save_checkpoint(path: str | Path, card: ModelCard, state_dict: dict, **recor
     _fsync_dir(path.parent)
 
 
-# The files `cnnzoo export` writes, by suffix: given where a checkpoint is read, they are named, not called corrupt.
-# Not .bin: beside an OpenVINO IR's weights, it is Hugging Face's name for torch.save files (pytorch_model.bin).
-EXPORTED = {".onnx": "an ONNX model", ".xml": "an OpenVINO IR"}
-
-
 def _load_failure(err: Exception) -> str:
     """One line for a failed torch.load: the refused global of a pickle that wants to run something (torch's
     message buries it under advice to load the file unsafely), else the first line of the error."""
@@ -176,9 +171,9 @@ def read_weights(path: str | Path) -> object:
     path = Path(path)
     if is_torchscript(path):  # refused before torch.load, which would print its own warnings about it
         raise CheckpointError(f"{path} is a TorchScript program (it runs code when loaded), not a weights file")
-    if path.suffix.lower() in EXPORTED:  # torch.load would call it truncated or corrupt
-        raise CheckpointError(f"{path} is {EXPORTED[path.suffix.lower()]}, not a cnnzoo checkpoint: `cnnzoo predict` "
-                              "runs exported files; this command needs the checkpoint")
+    if path.suffix.lower() in EXPORTED_FILES:  # named, where torch.load would call it truncated or corrupt
+        raise CheckpointError(f"{path} is {EXPORTED_FILES[path.suffix.lower()][1]}, not a cnnzoo checkpoint: "
+                              "`cnnzoo predict` runs exported files; this command needs the checkpoint")
     _check_archive(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)

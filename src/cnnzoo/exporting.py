@@ -43,21 +43,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnzoo.artifact import ModelCard, photo_spec, resolve_input_size
+from cnnzoo.artifact import CHECKPOINT_SUFFIXES, EXPORTED_FILES, ModelCard, photo_spec, resolve_input_size
 from cnnzoo.choices import EXPORT_FORMATS, TORCHSCRIPT_METHODS
 from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.errors import UserError
 from cnnzoo.precision import (DEFAULT_BATCH, Candidate, Deployment, Gate, GateImages, candidates_for,
                               check_precision, choose, int8_card, load_gate_images, run_trials, trials_table)
 from cnnzoo.registry import check_input_size
-from cnnzoo.runtime import CHECKPOINT_SUFFIXES, META_KEY, default_threads, onnx_session, open_runtime
+from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime
 
 __all__ = ["FORMATS", "METHODS", "ExportError", "ExportReport", "export"]
 
 FORMATS, METHODS = EXPORT_FORMATS, TORCHSCRIPT_METHODS
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
-KINDS = {".onnx": "onnx", ".xml": "openvino"}  # what --out's suffix asks for when --format is not given
-OUT_SUFFIXES = {"onnx": (".onnx",), "openvino": (".xml",), "torchscript": CHECKPOINT_SUFFIXES}  # open_runtime's
+# The format --out's suffix asks for when --format is not given, and the suffixes predict and serve know each by.
+KINDS = {suffix: kind for suffix, (kind, _) in EXPORTED_FILES.items()}
+OUT_SUFFIXES = {"torchscript": CHECKPOINT_SUFFIXES, **{kind: (suffix,) for suffix, kind in KINDS.items()}}
 
 
 class ExportError(UserError):

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnzoo.artifact import ModelCard, is_torchscript
+from cnnzoo.artifact import CHECKPOINT_SUFFIXES, EXPORTED_FILES, ModelCard, is_torchscript
 from cnnzoo.choices import BACKENDS
 from cnnzoo.errors import UserError
 from cnnzoo.images import preprocess
@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 META_KEY = "cnnzoo"
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # The precisions each backend computes (cnnzoo.precision): ONNX Runtime's CPU provider has no bf16 kernels, and
 # int8 on torch would need its own quantisation flow; int8 runs on a quantised export.
 _RUNS_AT = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": PRECISIONS}
@@ -423,10 +422,8 @@ def _kind(path: Path) -> str:
         return "torchscript"
     if path.is_dir() or path.suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
-    if path.suffix == ".onnx":
-        return "onnx"
-    if path.suffix == ".xml":
-        return "openvino-ir"
+    if path.suffix in EXPORTED_FILES:
+        return EXPORTED_FILES[path.suffix][0]
     raise UserError(
         f"{path}: unknown model file type {path.suffix or '(no suffix)'!r}; expected a cnnzoo checkpoint (.pt), "
         "an ONNX model (.onnx) or an OpenVINO IR (.xml)"
@@ -435,9 +432,9 @@ def _kind(path: Path) -> str:
 
 # The backends each kind of file can run on, fastest on CPU first: the order "auto" tries them in.
 _RUNS_ON = {"checkpoint": ("torch",), "torchscript": ("torch",), "onnx": ("onnxruntime", "openvino"),
-            "openvino-ir": ("openvino",)}
-_KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript program", "onnx": "an ONNX model",
-               "openvino-ir": "an OpenVINO IR"}
+            "openvino": ("openvino",)}
+_KIND_NAMES = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript program",
+               **dict(EXPORTED_FILES.values())}
 # What to do instead, for a file the chosen backend cannot run (default: name the backends that can).
 _HINTS = {"checkpoint": "export it first (cnnzoo export CKPT --format onnx), or use --backend torch",
           "torchscript": "use --backend torch (with --trust-torchscript), or export the checkpoint to ONNX"}
