@@ -40,6 +40,7 @@ def test_train_resume_evaluate_on_digits(digits_run, capsys):
     assert main(["evaluate", str(digits_run / "last.pt"), "--json", "--out", str(digits_run / "ev")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 120 and len(report["per_class"]) == 10 and 0 <= report["top1"] <= report["top5"] <= 1
+    assert (report["model"], report["data"]) == ("lenet5", "digits, val")  # what the files were made of
     assert {p.name for p in (digits_run / "ev").iterdir()} == {"confusion.csv", "confusion.png", "misclassified.csv",
                                                                "eval.json"}
     rows = (digits_run / "ev" / "confusion.csv").read_text().splitlines()

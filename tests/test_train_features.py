@@ -313,7 +313,8 @@ def test_cli_evaluate_and_predict_ensembles_with_csv(trained, tmp_path, capsys):
     assert main(["evaluate", str(a), str(b), "--tta", "flip", "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
     assert "ensemble of 2 with test-time augmentation flip" in printed and "balanced accuracy" in printed
-    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["tta"] == "flip"
+    written = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert (written["tta"], written["model"]) == ("flip", "ensemble of 2 (lenet5)")
     argv = ["predict", str(a), str(b), *map(str, files[:3]), "--topk", "2", "--csv", str(tmp_path / "p.csv"),
             "--json"]
     assert main(argv) == 0

@@ -47,6 +47,8 @@ class EvalReport:
     # a model of more classes than the data's (an ImageNet model on some ImageNet classes): per true class, the
     # images whose top-1 is a class outside the data's; empty when the model has the data's classes
     outside: list[int] = field(default_factory=list)
+    model: str = ""  # the network's name (or the ensemble's members'), for the reader of the files
+    data: str = ""  # the dataset and split scored
 
     @property
     def macro(self) -> dict:
@@ -82,7 +84,7 @@ class EvalReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return dict(top1=self.top1, top5=self.top5, loss=self.loss, images=self.images,
+        return dict(model=self.model, data=self.data, top1=self.top1, top5=self.top5, loss=self.loss, images=self.images,
                     balanced_accuracy=self.balanced_accuracy, macro=self.macro, classes=self.classes,
                     per_class=self.per_class, confusion=self.confusion, members=self.members, tta=self.tta,
                     misclassified=self.misclassified, **({"outside": self.outside} if self.outside else {}))
@@ -140,10 +142,10 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=10)
-    fig.suptitle(f"top-1 {report.top1:.4f}, balanced accuracy {report.balanced_accuracy:.4f} on {report.images} "
-                 "images" + (f" (ensemble of {len(report.members)})" if len(report.members) > 1 else "")
-                 + (f"; {sum(report.outside)} predicted as other classes" if report.outside else ""),
-                 fontsize=11)
+    named = " on ".join(part for part in (report.model, report.data) if part)
+    fig.suptitle((f"{named}\n" if named else "")
+                 + f"top-1 {report.top1:.4f}, balanced accuracy {report.balanced_accuracy:.4f} on {report.images} images"
+                 + (f"; {sum(report.outside)} predicted as other classes" if report.outside else ""), fontsize=11)
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
 
@@ -217,8 +219,7 @@ def evaluate(checkpoint: str | Path | Checkpoint | Sequence[str | Path | Checkpo
     ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c) for c in (checkpoint if many else [checkpoint])]
     check_members([c.card for c in ckpts], [str(c.path) for c in ckpts])
     data = data or load_data_for(ckpts[0].card, splits=(split,), **data_options)
-    model_classes = list(ckpts[0].card.classes)
-    index = _model_index(data, model_classes)
+    index = _model_index(data, list(ckpts[0].card.classes))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loading = dict(split=split, batch_size=batch_size, device=dev, workers=workers)
     if len(ckpts) == 1 and tta == "none" and index is None:  # the trainer's own loop: the numbers it reported
@@ -227,7 +228,20 @@ def evaluate(checkpoint: str | Path | Checkpoint | Sequence[str | Path | Checkpo
         loader = data.loader(split, batch_size, train=False, spec=ckpt.card.input, device=dev, workers=workers)
         r = run_eval(model, loader, data.num_classes, collect=True,
                      channels_last=getattr(model, "channels_last", False))
-        return _report(data, split, r)
+        report = _report(data, split, r)
+    else:
+        report = _from_probabilities(ckpts, data, index, tta, loading)
+    names = sorted({c.card.model_name for c in ckpts})
+    report.model = names[0] if len(ckpts) == 1 else f"ensemble of {len(ckpts)} ({', '.join(names)})"
+    report.data = f"{data.name}, {split}"
+    return report
+
+
+def _from_probabilities(ckpts: list[Checkpoint], data: Data, index: list[int] | None, tta: str,
+                        loading: dict) -> EvalReport:
+    """The report of an ensemble, of test-time augmentation, or of a model of more classes than the data's
+    (``index``: _model_index), from class probabilities."""
+    split = loading["split"]
     labels = getattr(data, split).labels
     if index is not None:  # the labels as the model's class indices
         labels = torch.tensor(index)[labels]
@@ -238,7 +252,7 @@ def evaluate(checkpoint: str | Path | Checkpoint | Sequence[str | Path | Checkpo
     scores = _scores(mean_probabilities(probabilities), labels)
     if index is None:
         return _report(data, split, scores, members, tta)
-    return _report(data, split, _onto_data_classes(scores, index), members, tta, model_classes)
+    return _report(data, split, _onto_data_classes(scores, index), members, tta, list(ckpts[0].card.classes))
 
 
 def _model_index(data: Data, model_classes: list[str]) -> list[int] | None:
