@@ -160,6 +160,18 @@ def test_openvino_ir(digits, tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
 
+def test_openvino_export_does_not_go_through_the_conversion_tool(digits, tmp_path, monkeypatch):
+    """openvino.convert_model is OpenVINO's ovc tool, whose telemetry reports each conversion from a background
+    thread that forks the whole process (a server's, a test worker's); the ONNX frontend converts the same graph."""
+    import openvino
+
+    def refused(*args, **kwargs):
+        raise AssertionError("openvino.convert_model was called")
+
+    monkeypatch.setattr(openvino, "convert_model", refused)
+    assert export(digits["ckpt"], tmp_path / "m.xml", "openvino").max_abs_diff <= 1e-4
+
+
 def test_int8_quantisation_gate(digits, tmp_path, monkeypatch):
     from cnnzoo.precision import Deployment
     from cnnzoo.runtime import OnnxRuntime

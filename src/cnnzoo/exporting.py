@@ -4,7 +4,7 @@
         source: a checkpoint path, a loaded Checkpoint, or a network (nn.Module) with ``card=`` or ``input_size=``
         onnx         torch.onnx.export, named input/logits, dynamic batch axis, the model card under "cnnzoo"
         torchscript  torch.jit.trace or torch.jit.script, the card in the archive's extra file "cnnzoo.json"
-        openvino     the checked ONNX graph through openvino.convert_model, the card in rt_info["cnnzoo"]
+        openvino     the checked ONNX graph through OpenVINO's ONNX frontend, the card in rt_info["cnnzoo"]
         precision="bf16" | "int8" | "auto": the configurations of that precision (every one for auto) measured on
         this machine, each reduced precision gated on validation images (cnnzoo.precision), the fastest that
         passes written with its deploy record; int8 is ONNX Runtime's QDQ in an .onnx, NNCF's in an IR
@@ -304,13 +304,15 @@ def _export_torchscript(model, out, card, method, inputs, ref, notes) -> float:
 def _export_openvino(model, out, card, opset, dynamic_batch, inputs, ref) -> float:
     import openvino as ov
 
-    from cnnzoo.runtime import default_threads
+    from cnnzoo.runtime import default_threads, read_ov_model
 
     data = _onnx_bytes(model, inputs[0][:1], opset, dynamic_batch, card)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         onnx_path.write_bytes(data)
-        ov_model = ov.convert_model(str(onnx_path))
+        # The ONNX frontend, as predict reads an .onnx, not openvino.convert_model: that goes through the ovc tool,
+        # whose telemetry forks this whole process from a background thread to report each conversion.
+        ov_model = read_ov_model(ov, onnx_path)
     ov_model.set_rt_info(card.to_json(), META_KEY)
     # fp32 weights: the IR's default fp16 compression alone moves logits by ~1e-3.
     ov.save_model(ov_model, str(out), compress_to_fp16=False)

@@ -52,6 +52,7 @@ __all__ = [
     "OnnxRuntime",
     "OpenVINORuntime",
     "open_runtime",
+    "read_ov_model",
     "onnx_session",
     "softmax",
     "top_classes",
@@ -291,7 +292,7 @@ class OpenVINORuntime(Runtime):
     def __init__(self, path: str | Path, threads: int | None = None, precision: str = "auto"):
         ov = _import("openvino")
         core = ov.Core()
-        model = _read_ov_model(ov, Path(path))
+        model = read_ov_model(ov, Path(path))
         super().__init__(path, ModelCard.from_json(_ov_meta(model), str(path)))
         self._set_precision(precision)
         shape = model.inputs[0].get_partial_shape()
@@ -324,7 +325,7 @@ class OpenVINORuntime(Runtime):
 _OV_FILES = {".xml": ("OpenVINO IR", "ir"), ".onnx": ("ONNX model", "onnx")}
 
 
-def _read_ov_model(ov, path: Path):
+def read_ov_model(ov, path: Path):
     """The ov.Model of an IR (.xml + .bin) or an .onnx; a UserError naming the cause for a file that is neither."""
     kind, framework = _OV_FILES.get(path.suffix, _OV_FILES[".onnx"])
     if framework == "ir":
