@@ -291,6 +291,25 @@ def test_onnx_paths_never_import_torch(models, images):
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "ok", done.stderr[-2000:]
 
 
+def test_openvino_runtimes_freed_in_any_order_leave_signal_handling_working(models):
+    """OpenVINO's CPU plugin gives the thread that loads it a signal stack and unmaps it when freed, putting the old
+    one back only when freed last-in-first-out: runtimes on Cores of their own, freed in creation order, left the
+    main thread's signal stack unmapped, and the next handled signal (here a child's exit, watched as torch's
+    DataLoader watches it) killed the process with a SIGSEGV nothing could report (an intermittent pytest-xdist
+    worker crash, at this file's subprocess test)."""
+    code = (
+        "import gc, signal, subprocess, sys\n"
+        "from cnnzoo.runtime import open_runtime\n"
+        "signal.signal(signal.SIGCHLD, lambda *args: None)\n"
+        f"first, second = (open_runtime({str(models['xml'])!r}, 'openvino') for _ in range(2))\n"
+        "del first; gc.collect(); del second; gc.collect()\n"
+        "subprocess.run(['true'])\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+
+
 def test_prediction_formats():
     good = Prediction("x.png", [("golden retriever", 0.91234), ("cat", 0.05)])
     assert str(good) == "x.png: golden retriever (91.2%), cat (5.0%)"

@@ -50,7 +50,7 @@ from cnnzoo.errors import UserError
 from cnnzoo.precision import (DEFAULT_BATCH, Candidate, Deployment, Gate, GateImages, candidates_for,
                               check_precision, choose, int8_card, load_gate_images, run_trials, trials_table)
 from cnnzoo.registry import check_input_size
-from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime
+from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime, openvino_core, read_ov_model
 
 __all__ = ["FORMATS", "METHODS", "ExportError", "ExportReport", "export"]
 
@@ -304,8 +304,6 @@ def _export_torchscript(model, out, card, method, inputs, ref, notes) -> float:
 def _export_openvino(model, out, card, opset, dynamic_batch, inputs, ref) -> float:
     import openvino as ov
 
-    from cnnzoo.runtime import default_threads, read_ov_model
-
     data = _onnx_bytes(model, inputs[0][:1], opset, dynamic_batch, card)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -316,7 +314,7 @@ def _export_openvino(model, out, card, opset, dynamic_batch, inputs, ref) -> flo
     ov_model.set_rt_info(card.to_json(), META_KEY)
     # fp32 weights: the IR's default fp16 compression alone moves logits by ~1e-3.
     ov.save_model(ov_model, str(out), compress_to_fp16=False)
-    core = ov.Core()
+    core = openvino_core()
     # f32 execution for the check: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs in bf16.
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": default_threads()}
     compiled = core.compile_model(core.read_model(str(out)), "CPU", config)
@@ -362,7 +360,7 @@ def _nncf(float_model: Path, out: Path, card: ModelCard, samples) -> None:
     import openvino as ov
 
     nncf.set_log_level(logging.ERROR)
-    model = ov.Core().read_model(str(float_model))
+    model = openvino_core().read_model(str(float_model))
     samples = list(samples)
     # its notes and progress bars (rich, on stdout) would fill the export's output
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -473,7 +471,7 @@ def _with_card(path: Path, kind: str, card: ModelCard) -> Path:
     if kind == "openvino":
         import openvino as ov
 
-        model = ov.Core().read_model(str(path))
+        model = openvino_core().read_model(str(path))
         model.set_rt_info(card.to_json(), META_KEY)
         final = path.with_name(f"final-{path.name}")
         ov.save_model(model, str(final), compress_to_fp16=False)

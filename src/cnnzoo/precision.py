@@ -82,9 +82,9 @@ def check_precision(precision: str, choices: Sequence[str] = PRECISION_CHOICES) 
 
 
 def _openvino_bf16() -> str | None:
-    import openvino as ov
+    from cnnzoo.runtime import openvino_core
 
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in caps:
         return None
     return f"this CPU has no bf16 arithmetic (OpenVINO's CPU capabilities: {', '.join(caps)})"

@@ -53,6 +53,7 @@ __all__ = [
     "OpenVINORuntime",
     "open_runtime",
     "read_ov_model",
+    "openvino_core",
     "onnx_session",
     "softmax",
     "top_classes",
@@ -291,7 +292,6 @@ class OpenVINORuntime(Runtime):
 
     def __init__(self, path: str | Path, threads: int | None = None, precision: str = "auto"):
         ov = _import("openvino")
-        core = ov.Core()
         model = read_ov_model(ov, Path(path))
         super().__init__(path, ModelCard.from_json(_ov_meta(model), str(path)))
         self._set_precision(precision)
@@ -308,7 +308,7 @@ class OpenVINORuntime(Runtime):
         }
         if _OV_HINTS[self.precision]:
             config["INFERENCE_PRECISION_HINT"] = _OV_HINTS[self.precision]
-        self.compiled = core.compile_model(model, "CPU", config)
+        self.compiled = openvino_core().compile_model(model, "CPU", config)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time; a service may call from threads
 
@@ -339,6 +339,18 @@ def read_ov_model(ov, path: Path):
         weights = path.with_suffix(".bin")
         cause = _ov_cause(err) if framework == "onnx" or weights.is_file() else f"{weights} is missing"
         raise UserError(f"{path}: not a loadable {kind} ({cause})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def openvino_core():
+    """The process's one ov.Core, which every OpenVINO user in cnnzoo shares.
+
+    Each Core loads OpenVINO's CPU plugin for itself, and the plugin gives the thread that loads it a signal stack of
+    its own, unmapped when the plugin is freed; the previous stack is put back only if the plugins are freed in the
+    reverse order of their loading. Two Cores freed in any other order leave the thread's signal stack unmapped, and
+    the next signal the process handles (Ctrl-C, a child's exit once torch's DataLoader watches for it) kills it
+    with a SIGSEGV that no handler can report. One Core kept for the life of the process loads the plugin once."""
+    return _import("openvino").Core()
 
 
 @functools.lru_cache(maxsize=None)
