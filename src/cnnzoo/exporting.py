@@ -48,9 +48,10 @@ from cnnzoo.choices import EXPORT_FORMATS, TORCHSCRIPT_METHODS
 from cnnzoo.checkpoint import Checkpoint, build_model, load_checkpoint
 from cnnzoo.errors import UserError
 from cnnzoo.precision import (DEFAULT_BATCH, Candidate, Deployment, Gate, GateImages, candidates_for,
-                              check_precision, choose, int8_card, load_gate_images, run_trials, trials_table)
+                              check_precision, choose, int8_card, load_gate_images, openvino_core, run_trials,
+                              trials_table)
 from cnnzoo.registry import check_input_size
-from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime, openvino_core, read_ov_model
+from cnnzoo.runtime import META_KEY, default_threads, onnx_session, open_runtime, read_ov_model
 
 __all__ = ["FORMATS", "METHODS", "ExportError", "ExportReport", "export"]
 

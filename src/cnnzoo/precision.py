@@ -22,6 +22,7 @@ passed in, this module never opens one.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -41,7 +42,7 @@ from cnnzoo.images import fit_image, normalize, open_image, scan_image_folder
 __all__ = ["PRECISIONS", "PRECISION_CHOICES", "DEFAULT_BATCH", "Gate", "Verdict", "Candidate", "CANDIDATES",
            "candidates_for", "stored_precision", "int8_card", "Trial", "Deployment", "GateImages", "load_gate_images", "labelled_images",
            "bf16_refusal", "check_precision", "measure_speed", "time_interleaved", "run_trials", "choose",
-           "trials_table"]
+           "trials_table", "openvino_core"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -81,9 +82,22 @@ def check_precision(precision: str, choices: Sequence[str] = PRECISION_CHOICES) 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _openvino_bf16() -> str | None:
-    from cnnzoo.runtime import openvino_core
+@functools.lru_cache(maxsize=None)
+def openvino_core():
+    """The process's one ov.Core, which every OpenVINO user in cnnzoo shares (here, below the runtimes, because the
+    capability probe below needs it too).
 
+    Each Core loads OpenVINO's CPU plugin for itself, and the plugin gives the thread that loads it a signal stack of
+    its own, unmapped when the plugin is freed; the previous stack is put back only if the plugins are freed in the
+    reverse order of their loading. Two Cores freed in any other order leave the thread's signal stack unmapped, and
+    the next signal the process handles (Ctrl-C, a child's exit once torch's DataLoader watches for it) kills it
+    with a SIGSEGV that no handler can report. One Core kept for the life of the process loads the plugin once."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def _openvino_bf16() -> str | None:
     caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in caps:
         return None

@@ -42,7 +42,8 @@ from cnnzoo.artifact import CHECKPOINT_SUFFIXES, EXPORTED_FILES, ModelCard, is_t
 from cnnzoo.choices import BACKENDS
 from cnnzoo.errors import UserError
 from cnnzoo.images import preprocess
-from cnnzoo.precision import PRECISION_CHOICES, PRECISIONS, Deployment, bf16_refusal, check_precision, stored_precision
+from cnnzoo.precision import (PRECISION_CHOICES, PRECISIONS, Deployment, bf16_refusal, check_precision,
+                              openvino_core, stored_precision)
 
 __all__ = [
     "META_KEY",
@@ -53,7 +54,6 @@ __all__ = [
     "OpenVINORuntime",
     "open_runtime",
     "read_ov_model",
-    "openvino_core",
     "onnx_session",
     "softmax",
     "top_classes",
@@ -339,18 +339,6 @@ def read_ov_model(ov, path: Path):
         weights = path.with_suffix(".bin")
         cause = _ov_cause(err) if framework == "onnx" or weights.is_file() else f"{weights} is missing"
         raise UserError(f"{path}: not a loadable {kind} ({cause})") from None
-
-
-@functools.lru_cache(maxsize=None)
-def openvino_core():
-    """The process's one ov.Core, which every OpenVINO user in cnnzoo shares.
-
-    Each Core loads OpenVINO's CPU plugin for itself, and the plugin gives the thread that loads it a signal stack of
-    its own, unmapped when the plugin is freed; the previous stack is put back only if the plugins are freed in the
-    reverse order of their loading. Two Cores freed in any other order leave the thread's signal stack unmapped, and
-    the next signal the process handles (Ctrl-C, a child's exit once torch's DataLoader watches for it) kills it
-    with a SIGSEGV that no handler can report. One Core kept for the life of the process loads the plugin once."""
-    return _import("openvino").Core()
 
 
 @functools.lru_cache(maxsize=None)
