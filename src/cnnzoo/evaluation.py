@@ -84,8 +84,9 @@ class EvalReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return dict(model=self.model, data=self.data, top1=self.top1, top5=self.top5, loss=self.loss, images=self.images,
-                    balanced_accuracy=self.balanced_accuracy, macro=self.macro, classes=self.classes,
+        return dict(model=self.model, data=self.data, top1=self.top1, top5=self.top5, loss=self.loss,
+                    images=self.images, balanced_accuracy=self.balanced_accuracy, macro=self.macro,
+                    classes=self.classes,
                     per_class=self.per_class, confusion=self.confusion, members=self.members, tta=self.tta,
                     misclassified=self.misclassified, **({"outside": self.outside} if self.outside else {}))
 
@@ -144,7 +145,8 @@ def _plot_confusion(report: EvalReport, path: Path) -> None:
         ax.set_title(title, fontsize=10)
     named = " on ".join(part for part in (report.model, report.data) if part)
     fig.suptitle((f"{named}\n" if named else "")
-                 + f"top-1 {report.top1:.4f}, balanced accuracy {report.balanced_accuracy:.4f} on {report.images} images"
+                 + f"top-1 {report.top1:.4f}, balanced accuracy {report.balanced_accuracy:.4f} on "
+                 f"{report.images} images"
                  + (f"; {sum(report.outside)} predicted as other classes" if report.outside else ""), fontsize=11)
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
@@ -313,7 +315,7 @@ def _report(data: Data, split: str, r: dict, members: list[dict] | None = None, 
     (r's predictions are then the model's indices)."""
     part, classes = getattr(data, split), list(data.classes)
     names = model_classes or classes
-    model_index = [names.index(name) for name in classes]  # the model's index of each data class (identity if same)
+    model_index = _model_index(data, names) or range(len(classes))  # the model's index of each data class
     truth = [model_index[y] for y in part.labels.tolist()]
     wrong = [dict(path=part.name(i), true=names[truth[i]], predicted=names[p], probability=round(prob, 6))
              for i, p, prob in r["predictions"] if p != truth[i]]
